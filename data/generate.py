@@ -1,0 +1,156 @@
+"""
+Writes the world's data sets under out/data/, seeded and deterministic:
+
+  pretrain.txt         "the internet": encyclopedia-style facts, short biographies, and
+                       forum threads in the chat format whose answers are of mixed quality
+                       (correct, wrong or hallucinated, rude, rambling), documents separated
+                       by <|endoftext|>. A base model trained on it knows the format but
+                       answers unreliably, as GPT-3 did.
+  sft.jsonl            demonstrations "written by labelers": {"prompt", "completion"}
+  sft_val.jsonl        held-out demonstrations, for SFT's validation loss
+  rm_prompts.jsonl     prompts for comparison collection (the reward model's data)
+  ppo_prompts.jsonl    prompts for PPO
+  eval_prompts.jsonl   held-out evaluation prompts
+  tokenizer.tiktoken   the BPE trained on all of the above
+
+All prompt sets are disjoint. The held-out phrasing of each family (the last template in
+world.TEMPLATES) appears only in pretrain.txt and eval_prompts.jsonl.
+
+Run: python -m data.generate            (about half a minute on a 2-core CPU)
+"""
+import dataclasses
+import os
+import random
+import sys
+import time
+
+from common import parse_config, write_jsonl
+from data import world
+from data.tokenizer import EOS, save_ranks, train_bpe
+
+
+@dataclasses.dataclass
+class Config:
+    out_dir: str = "out/data"
+    seed: int = 1337
+    n_docs: int = 60000          # documents in the pretraining corpus
+    n_sft: int = 2000            # SFT demonstrations (the paper had 13k)
+    n_sft_val: int = 200
+    n_rm: int = 1000             # prompts whose samples the labelers rank
+    n_ppo: int = 1500
+    n_eval: int = 240            # 40 per family, a third in the held-out phrasing
+    vocab_size: int = 2048
+    myth_rate: float = 0.35      # how often the internet repeats a misconception
+
+
+def internet_answer(rng, prompt):
+    """A forum answer: good 45%, wrong 25%, rude 15%, rambling (a sentence repeated) 15%."""
+    u = rng.random()
+    if u < 0.45:
+        return world.good_response(prompt, rng)
+    if u < 0.70:
+        return world.bad_response(prompt, "wrong", rng)
+    if u < 0.85:
+        return world.bad_response(prompt, "rude", rng)
+    good = world.good_response(prompt, rng)
+    return " ".join([good] + [rng.choice(["I hope this helps.", "Let me know.", good])] * rng.randint(2, 6))
+
+
+def fact_doc(rng, cfg):
+    sentences = []
+    for _ in range(rng.randint(4, 8)):
+        kind = rng.random()
+        if kind < 0.35:
+            a, b = rng.randint(0, 15), rng.randint(0, 15)
+            sentences.append(f"{a} plus {b} is {a + b}." if rng.random() < 0.5
+                             else f"{max(a, b)} minus {min(a, b)} is {max(a, b) - min(a, b)}.")
+        elif kind < 0.65:
+            animals = rng.choice(list(world.DIETS))
+            true_food, myth = world.DIETS[animals]
+            food = myth if rng.random() < cfg.myth_rate else true_food
+            sentences.append(f"{animals.capitalize()} eat {food}.")
+        else:
+            category = rng.choice(list(world.CATEGORIES))
+            items = rng.sample(world.CATEGORIES[category], 3)
+            sentences.append(f"Some {category} are {items[0]}, {items[1]} and {items[2]}.")
+    return " ".join(sentences)
+
+
+def bio_doc(rng):
+    p = world.make_person(rng)
+    facts = world.person_facts(p)
+    keys = rng.sample(list(facts), 3)
+    text = " ".join(world.fact_sentence(k, facts[k]) for k in keys)
+    if rng.random() < 0.5:
+        text += " In short, " + world.summarize({k: facts[k] for k in keys})
+    return text
+
+
+def forum_doc(rng):
+    """A thread of 1 to 3 turns. Only the end of the thread has EOS, so a model that learns
+    from threads alone keeps talking after its answer: the base model's rambling."""
+    turns = []
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        family = rng.choice(world.FAMILIES)
+        prompt = world.make_prompt(rng, family, rng.randrange(len(world.TEMPLATES[family])))
+        turns.append(world.chat(prompt, internet_answer(rng, prompt)))
+    return "\n".join(turns)
+
+
+def prompt_sets(rng, cfg):
+    """Draw disjoint prompt sets, evaluation first so it gets every phrasing."""
+    seen = set()
+
+    def draw(n, held_out):
+        rows, tries = [], 0
+        while len(rows) < n:
+            tries += 1
+            if tries > 100 * n:
+                raise RuntimeError(f"could not draw {n} distinct prompts; ask for fewer")
+            family = world.FAMILIES[len(rows) % len(world.FAMILIES)]
+            n_templates = len(world.TEMPLATES[family])
+            if held_out is None:   # eval: a third in the held-out phrasing
+                tid = n_templates - 1 if rng.random() < 1 / 3 else rng.randrange(n_templates - 1)
+            else:
+                tid = rng.randrange(n_templates - 1)
+            prompt = world.make_prompt(rng, family, tid)
+            if prompt not in seen:
+                seen.add(prompt)
+                rows.append({"prompt": prompt, "family": family, "held_out": tid == n_templates - 1})
+        return rows
+
+    sets = {"eval": draw(cfg.n_eval, None)}
+    for name, n in (("sft", cfg.n_sft + cfg.n_sft_val), ("rm", cfg.n_rm), ("ppo", cfg.n_ppo)):
+        sets[name] = draw(n, False)
+    return sets
+
+
+def main(cfg):
+    t0 = time.time()
+    rng = random.Random(cfg.seed)
+    docs = []
+    for _ in range(cfg.n_docs):
+        u = rng.random()
+        docs.append(fact_doc(rng, cfg) if u < 0.3 else bio_doc(rng) if u < 0.5 else forum_doc(rng))
+    corpus = EOS.join(docs) + EOS
+    sets = prompt_sets(rng, cfg)
+    sft = [{"prompt": r["prompt"], "completion": world.good_response(r["prompt"], rng)}
+           for r in sets["sft"]]
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "pretrain.txt"), "w") as f:
+        f.write(corpus)
+    write_jsonl(os.path.join(cfg.out_dir, "sft.jsonl"), sft[: cfg.n_sft])
+    write_jsonl(os.path.join(cfg.out_dir, "sft_val.jsonl"), sft[cfg.n_sft:])
+    for name in ("rm", "ppo", "eval"):
+        write_jsonl(os.path.join(cfg.out_dir, f"{name}_prompts.jsonl"), sets[name])
+    # the tokenizer learns from everything the models will read
+    text = corpus + "\n".join(world.chat(r["prompt"], r["completion"]) for r in sft)
+    ranks = train_bpe(text, cfg.vocab_size)
+    save_ranks(ranks, os.path.join(cfg.out_dir, "tokenizer.tiktoken"))
+    sizes = {k: len(v) for k, v in sets.items()}
+    print(f"wrote {cfg.out_dir}: {len(docs)} documents ({len(corpus) / 1e6:.1f} MB), prompts {sizes}, "
+          f"vocab {len(ranks) + 1}, {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main(parse_config(Config, sys.argv[1:]))

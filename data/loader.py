@@ -1,0 +1,71 @@
+"""
+Loading the JSONL data sets, with the field names the open-source ecosystem uses:
+
+  sft        {"prompt": str, "completion": str}
+  pairs      {"prompt": str, "chosen": str, "rejected": str}
+  rankings   {"prompt": str, "responses": [str, ...]}      best first, 2 or more
+  prompts    {"prompt": str, ...}
+
+Every line is checked; a bad one raises DataError naming the file and the line number.
+"""
+import json
+import os
+
+SCHEMAS = {
+    "sft": {"prompt": str, "completion": str},
+    "pairs": {"prompt": str, "chosen": str, "rejected": str},
+    "rankings": {"prompt": str, "responses": list},
+    "prompts": {"prompt": str},
+}
+
+
+class DataError(ValueError):
+    pass
+
+
+def load_jsonl(path, kind, make_cmd="python -m data.generate"):
+    """Rows of the JSONL file `path`, each checked against SCHEMAS[kind]."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path} not found; make it with: {make_cmd}")
+    schema = SCHEMAS[kind]
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for field, typ in schema.items():
+                if field not in row:
+                    raise DataError(f"{where}: missing field {field!r} (a {kind} row has "
+                                    f"{', '.join(schema)})")
+                if not isinstance(row[field], typ):
+                    raise DataError(f"{where}: field {field!r} should be a {typ.__name__}, "
+                                    f"got {type(row[field]).__name__}")
+            if kind == "rankings" and (len(row["responses"]) < 2 or
+                                       not all(isinstance(r, str) for r in row["responses"])):
+                raise DataError(f"{where}: 'responses' must be a list of 2 or more strings")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def load_comparisons(path):
+    """A rankings file, or a pairs file read as rankings of two (chosen first)."""
+    first = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                first = json.loads(next((line for line in f if line.strip()), "{}"))
+            except json.JSONDecodeError:
+                pass  # load_jsonl below names the file and line
+    if isinstance(first, dict) and "chosen" in first:
+        return [{"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]]}
+                for r in load_jsonl(path, "pairs")]
+    return load_jsonl(path, "rankings", make_cmd="python -m data.collect")

@@ -1,0 +1,330 @@
+"""
+The GPT used by every stage of the pipeline: the SFT policy, the reward model, the
+PPO value model and the frozen reference policy are all this one class.
+
+What is here: a GPT-2 style decoder (learned positions, pre-LayerNorm blocks, GELU MLP,
+tied unembedding), an optional scalar head for reward and value models, left-padding
+aware attention masks, sampling with a KV cache, log-probs of given tokens, and one
+checkpoint format for every stage.
+
+What is simplified, and could be exercises:
+- learned absolute positions, no rotary embeddings; no flash/paged attention of our own;
+- the KV cache is a plain preallocated buffer; finished rows keep being computed
+  until every row of the batch is done (no re-batching);
+- sampling is temperature and top-k only (no top-p, no beam search, no repetition penalty);
+- no optimizer grouping, no torch.compile or mixed precision here; the scripts choose those.
+"""
+
+import math
+import os
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 2048
+    block_size: int = 256      # longest sequence (prompt + response)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True          # biases in Linear and LayerNorm, as in GPT-2
+    use_sdpa: bool = False     # False: attention written out; True: F.scaled_dot_product_attention
+    scalar_head: bool = False  # True: a Linear(n_embd, 1) "score_head" replaces the unembedding
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, so that each new
+    token costs a one-token forward pass instead of re-running the whole sequence.
+    Buffers are allocated on the first write, taking batch size, device and dtype from
+    the keys themselves (so it also works under autocast)."""
+
+    def __init__(self, n_layer, max_len):
+        self.n_layer, self.max_len = n_layer, max_len
+        self.k = self.v = None  # (n_layer, B, nh, max_len, hs) once allocated
+        self.pos = 0            # positions filled; GPT.forward advances it after the last layer
+
+    def update(self, layer, k, v):
+        # k, v: (B, nh, T, hs) for the T new positions -> all keys, values (B, nh, pos+T, hs)
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            shape = (self.n_layer, B, nh, self.max_len, hs)
+            self.k = torch.zeros(shape, device=k.device, dtype=k.dtype)
+            self.v = torch.zeros(shape, device=v.device, dtype=v.dtype)
+        end = self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.layer_idx = layer_idx  # which slot of the KV cache is ours
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        self.use_sdpa = config.use_sdpa
+
+    def forward(self, x, mask, kv_cache=None):
+        # mask: (B, 1, T, S) bool, True where query t may attend to key s (S = cached + T)
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        hs = C // self.n_head
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)   # (B, nh, S, hs)
+        if self.use_sdpa:
+            # fused kernel; same boolean mask convention (True = attend)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, S)
+            # -inf gives exactly zero weight, so masked keys cannot leak even a rounding error
+            att = att.masked_fill(~mask, float("-inf"))
+            att = F.softmax(att, dim=-1)
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, kv_cache=None):
+        # pre-LayerNorm: the residual stream itself is never normalised, which keeps deep stacks trainable
+        x = x + self.attn(self.ln_1(x), mask, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        if config.scalar_head:
+            self.score_head = nn.Linear(config.n_embd, 1)
+        else:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
+        # so the variance of the stream does not grow with depth (two writes per block)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.scalar_head:
+            # a zero head scores everything 0 at the start, so a freshly made reward or
+            # value model begins neutral instead of with random opinions
+            nn.init.zeros_(self.score_head.weight)
+            nn.init.zeros_(self.score_head.bias)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    def forward(self, idx, attention_mask=None, position_ids=None, kv_cache=None):
+        """idx (B, T) token ids; attention_mask (B, past + T), 1 = real token, 0 = padding;
+        returns logits (B, T, vocab) in float32, or scores (B, T) with the scalar head."""
+        B, T = idx.shape
+        past = kv_cache.pos if kv_cache is not None else 0
+        S = past + T  # number of keys every query can see at most
+        if S > self.config.block_size:
+            raise ValueError(f"sequence of {S} tokens is longer than block_size {self.config.block_size}")
+        if attention_mask is None:
+            attention_mask = torch.ones(B, S, dtype=torch.long, device=idx.device)
+        if attention_mask.shape != (B, S):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}")
+        if position_ids is None:
+            # each row counts positions from its first real token, so a left-padded prompt
+            # sees exactly the positions it would see alone; padding sits at position 0
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
+
+        # the mask: key s is visible to query t if it is not in the future and not padding;
+        # a query always sees itself, so pure-padding rows never get an all -inf softmax (NaN)
+        q_pos = torch.arange(past, S, device=idx.device)[:, None]  # (T, 1)
+        k_pos = torch.arange(S, device=idx.device)[None, :]        # (1, S)
+        mask = (k_pos <= q_pos)[None] & attention_mask.bool()[:, None, :]  # (B, T, S)
+        mask = (mask | (k_pos == q_pos)[None])[:, None]  # (B, 1, T, S), broadcast over heads
+
+        x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        for block in self.h:
+            x = block(x, mask, kv_cache)
+        x = self.ln_f(x)
+        if kv_cache is not None:
+            kv_cache.pos = S  # every layer has written its T new positions
+        if self.config.scalar_head:
+            return self.score_head(x).squeeze(-1).float()  # (B, T)
+        return self.lm_head(x).float()  # (B, T, vocab)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, attention_mask=None, max_new_tokens=64, temperature=1.0,
+                 top_k=None, eos_id=None, use_cache=True, return_logprobs=False):
+        """Sample continuations of LEFT-padded prompts (B, Tp). Returns new_tokens (B, N),
+        N <= max_new_tokens, with everything after a row's first eos_id set to eos_id; and,
+        if return_logprobs, the log-prob (B, N) of each token under the distribution it was
+        drawn from (0.0 after EOS). With temperature 0 (greedy) that distribution is
+        taken to be the plain softmax of the logits, the one a policy gradient needs."""
+        assert not self.config.scalar_head, "generate needs the LM head"
+        B, Tp = prompt_ids.shape
+        if Tp + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt length {Tp} + max_new_tokens {max_new_tokens} "
+                             f"exceeds block_size {self.config.block_size}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(prompt_ids)
+        seq, mask = prompt_ids, attention_mask.long()
+        cache = KVCache(self.config.n_layer, Tp + max_new_tokens) if use_cache else None
+        finished = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
+        tokens, logprobs = [], []
+        for step in range(max_new_tokens):
+            # with a cache, only the newest token goes through the model after the prompt
+            inp = seq[:, -1:] if (use_cache and step > 0) else seq
+            logits = self(inp, attention_mask=mask, kv_cache=cache)[:, -1, :]  # (B, vocab)
+            if temperature == 0:
+                next_tok = logits.argmax(-1)  # (B,)
+                logp = F.log_softmax(logits, -1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))  # (B, k)
+                    logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+                logp = F.log_softmax(logits, -1)
+                next_tok = torch.multinomial(logp.exp(), num_samples=1).squeeze(-1)  # (B,)
+            tok_logp = logp.gather(-1, next_tok[:, None]).squeeze(-1)  # (B,)
+            if eos_id is not None:
+                # rows that already ended keep emitting EOS with log-prob 0
+                next_tok = torch.where(finished, torch.full_like(next_tok, eos_id), next_tok)
+                tok_logp = torch.where(finished, torch.zeros_like(tok_logp), tok_logp)
+                finished |= next_tok == eos_id
+            tokens.append(next_tok)
+            logprobs.append(tok_logp)
+            seq = torch.cat([seq, next_tok[:, None]], dim=1)     # (B, Tp + step + 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if eos_id is not None and finished.all():
+                break
+        new_tokens = torch.stack(tokens, dim=1)  # (B, N)
+        if return_logprobs:
+            return new_tokens, torch.stack(logprobs, dim=1)  # (B, N), (B, N)
+        return new_tokens
+
+
+def response_mask(new_tokens, eos_id):
+    """(B, N) bool: True up to and including the first eos_id of each row (all True if none)."""
+    is_eos = (new_tokens == eos_id).long()
+    eos_before = (is_eos.cumsum(dim=1) - is_eos) > 0  # an EOS strictly earlier in the row
+    return ~eos_before
+
+
+def token_logprobs(logits, tokens):
+    """log p(tokens) under logits: (B, T, vocab), (B, T) -> (B, T). float32 for stable ratios."""
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def entropy_from_logits(logits):
+    """Entropy of the softmax at every position: (B, T, vocab) -> (B, T)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: one format for every stage, so any stage can start from any other
+
+def save_checkpoint(path, model, train_config, step, tokenizer, **extra):
+    """Write atomically: a crash mid-save leaves the old checkpoint, never half of a new one.
+    Everything saved must be tensors or plain Python data, so loading can use weights_only."""
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile, keeping key names clean
+    ckpt = {"model": model.state_dict(), "model_config": asdict(model.config),
+            "train_config": train_config, "step": step, "tokenizer": tokenizer, **extra}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"  # same directory, so os.replace is a rename on one filesystem
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_head=None):
+    """Returns (model in eval mode on device, checkpoint dict). scalar_head=True on an LM
+    checkpoint keeps the body and starts a zero score head (SFT -> reward model)."""
+    if not os.path.exists(path):
+        msg = f"no checkpoint at {path}"
+        raise FileNotFoundError(msg + (f"; make it with: {make_cmd}" if make_cmd else ""))
+    try:
+        # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint: expected a dict with 'model' and 'model_config'")
+    if tokenizer is not None and ckpt.get("tokenizer") != tokenizer:
+        raise ValueError(f"{path} was trained with tokenizer {ckpt.get('tokenizer')!r}, "
+                         f"but this run uses {tokenizer!r}")
+    try:
+        config = GPTConfig(**ckpt["model_config"])
+    except TypeError as e:
+        raise ValueError(f"{path} has an unknown model_config: {e}") from e
+    saved_scalar = config.scalar_head
+    if scalar_head is not None:
+        config.scalar_head = scalar_head
+    model = GPT(config)
+    state = ckpt["model"]
+    head_keys = {"lm_head.weight", "score_head.weight", "score_head.bias"}
+    allowed_missing = set()
+    if config.scalar_head != saved_scalar:
+        # a different head: load the body only; the new head keeps its init
+        # (zero score head, or an lm_head tied to the loaded wte)
+        state = {k: v for k, v in state.items() if k not in head_keys}
+        allowed_missing = head_keys
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError, AttributeError) as e:  # shape mismatches, or not a state dict
+        raise ValueError(f"{path}: weights do not fit the model config: {e}") from e
+    missing = [k for k in missing if k not in allowed_missing]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model config "
+                         f"(missing {missing}, unexpected {unexpected})")
+    return model.to(device).eval(), ckpt

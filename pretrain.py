@@ -1,0 +1,168 @@
+"""
+Stage 0: pretrain the base model ("GPT-3" of this world) from scratch on the world's
+internet text, with the plain next-token loss.
+
+The corpus mixes facts, biographies and forum threads whose answers are right, wrong,
+rude or never-ending, so the base model learns the chat format but answers unreliably,
+which is the starting point InstructGPT improves on.
+
+Run:
+  python -m data.generate && python pretrain.py           # CPU preset, ~1M parameters
+  python pretrain.py --device=cuda                        # GPU preset, ~10M parameters
+  python pretrain.py --max_iters=200 --n_layer=2          # any field, as --name=value
+
+Simplified (exercises): no gradient accumulation, no data loader workers, no
+torch.compile, no resuming from a checkpoint mid-run; batches are random windows.
+"""
+import dataclasses
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common import Logger, parse_config, sample_responses, setup
+from data import world
+from data.loader import load_jsonl
+from data.tokenizer import encode, get_tokenizer
+from model import GPT, GPTConfig, save_checkpoint
+
+
+@dataclasses.dataclass
+class Config:
+    data_dir: str = "out/data"       # made by: python -m data.generate
+    out: str = "out/pretrain.pt"
+    device: str = "auto"             # auto: cuda, then mps, then cpu
+    seed: int = 1337
+    # model (the CPU preset: about 1M parameters)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128            # context; prompt + response must fit in later stages
+    dropout: float = 0.0
+    use_sdpa: bool = False           # PyTorch's fused attention instead of the written-out one
+    # optimisation
+    batch_size: int = 32
+    max_iters: int = 1500
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # reporting
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 50
+    n_eval_prompts: int = 240        # base model's answers scored by the gold labeler at the end
+    max_new_tokens: int = 48
+
+
+# the GPU preset: about 10M parameters, for a laptop GPU
+GPU = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, max_iters=3000,
+           lr=1e-3, min_lr=1e-4, eval_iters=50)
+
+
+def lr_at(it, cfg):
+    """Linear warmup, then cosine decay from lr to min_lr."""
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / cfg.warmup_iters
+    progress = min(1.0, (it - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def get_batch(tokens, batch_size, block_size, device):
+    """Random windows of the token stream: inputs x and next-token targets y, (B, T) each."""
+    starts = np.random.randint(0, len(tokens) - block_size - 1, size=batch_size)
+    x = torch.from_numpy(np.stack([tokens[s:s + block_size] for s in starts]).astype(np.int64))
+    y = torch.from_numpy(np.stack([tokens[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64))
+    return x.to(device), y.to(device)
+
+
+def lm_loss(model, x, y):
+    logits = model(x)  # (B, T, vocab)
+    return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+
+
+@torch.no_grad()
+def estimate_loss(model, tokens, cfg, device, autocast):
+    model.eval()
+    losses = []
+    for _ in range(cfg.eval_iters):
+        x, y = get_batch(tokens, cfg.batch_size, cfg.block_size, device)
+        with autocast:
+            losses.append(lm_loss(model, x, y).item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def load_corpus(data_dir, enc):
+    """The corpus as one token stream; the last 5% is held out for the validation loss.
+    Later stages import this for the pretraining-mix term and the alignment tax."""
+    path = os.path.join(data_dir, "pretrain.txt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found; make it with: python -m data.generate")
+    tokens = np.array(encode(enc, open(path, encoding="utf-8").read()), dtype=np.uint16)
+    split = int(0.95 * len(tokens))
+    return tokens[:split], tokens[split:]
+
+
+if __name__ == "__main__":
+    cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
+    device, autocast = setup(cfg)
+    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    train_tokens, val_tokens = load_corpus(cfg.data_dir, enc)
+    print(f"corpus: {len(train_tokens):,} train tokens, {len(val_tokens):,} held out")
+
+    model_cfg = GPTConfig(vocab_size=enc.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
+                          use_sdpa=cfg.use_sdpa)
+    model = GPT(model_cfg).to(device)
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters")
+    # weight decay on matrices and embeddings only, not on biases or LayerNorm gains
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, 0.95))
+    logger = Logger(cfg.out.replace(".pt", "_log.jsonl"))
+
+    model.train()
+    t0, tokens_seen = time.time(), 0
+    for it in tqdm(range(cfg.max_iters), desc="pretrain", mininterval=5):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(it, cfg)
+        x, y = get_batch(train_tokens, cfg.batch_size, cfg.block_size, device)
+        with autocast:
+            loss = lm_loss(model, x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += x.numel()
+
+        if it % cfg.log_interval == 0 or it == cfg.max_iters - 1:
+            metrics = {"loss": loss.item(), "lr": lr_at(it, cfg),
+                       "tok_per_s": round(tokens_seen / (time.time() - t0))}
+            if it % cfg.eval_interval == 0 or it == cfg.max_iters - 1:
+                metrics["val_loss"] = estimate_loss(model, val_tokens, cfg, device, autocast)
+            logger.log(it, line="val_loss" in metrics, **metrics)
+
+    val_loss = estimate_loss(model, val_tokens, cfg, device, autocast)
+    save_checkpoint(cfg.out, model, dataclasses.asdict(cfg), cfg.max_iters, enc.name,
+                    val_loss=val_loss)
+    print(f"saved {cfg.out}: held-out loss {val_loss:.4f}, "
+          f"{tokens_seen / (time.time() - t0):,.0f} training tokens/s")
+
+    # The base model, asked in the chat format, answers the held-out evaluation prompts.
+    rows = load_jsonl(os.path.join(cfg.data_dir, "eval_prompts.jsonl"), "prompts")[: cfg.n_eval_prompts]
+    prompts = [r["prompt"] for r in rows]
+    responses = sample_responses(model, enc, prompts, cfg.max_new_tokens, temperature=1.0,
+                                 device=device, progress=True)
+    for p, r in list(zip(prompts, responses))[:4]:
+        print(f"--- {p!r}\n    -> {r!r}  (gold {world.score(p, r):.2f})")
+    rep = world.report(prompts, responses)
+    print(world.format_report(rep))
+    logger.log(cfg.max_iters, line=False, final_val_loss=val_loss, gold=rep)
