@@ -184,3 +184,31 @@ def sample_responses(model, enc, prompts, max_new_tokens, temperature=1.0, batch
                                  temperature=temperature, top_k=top_k, eos_id=enc.eot_token)
         out += decode_responses(enc, new, enc.eot_token)
     return out
+
+
+def encode_pairs(enc, prompts, responses, device, block_size, add_eos=False):
+    """Tokenize chat-formatted (prompt, response) pairs, LEFT-padded so that every row ends
+    in the last column: a reward model reads its score at [:, -1].
+    A response that ended carries the text "<|endoftext|>", which becomes the EOS token;
+    add_eos=True appends it (SFT demonstrations are stored without it).
+    Returns ids, attention_mask, response_mask, each (B, T); response_mask is 1 on the
+    response's tokens (EOS included), 0 on the prompt and the padding."""
+    from data.tokenizer import encode
+    from data.world import chat
+    rows = []
+    for prompt, response in zip(prompts, responses):
+        p = encode(enc, chat(prompt))
+        r = encode(enc, " " + response) + ([enc.eot_token] if add_eos else [])
+        if len(p) + len(r) > block_size:
+            raise ValueError(f"prompt + response is {len(p) + len(r)} tokens, over the model's "
+                             f"block_size {block_size}: {prompt[:60]!r}...")
+        rows.append((p, r))
+    T = max(len(p) + len(r) for p, r in rows)
+    ids, attn, resp = [], [], []
+    for p, r in rows:
+        pad = T - len(p) - len(r)
+        ids.append([enc.eot_token] * pad + p + r)
+        attn.append([0] * pad + [1] * (len(p) + len(r)))
+        resp.append([0] * (pad + len(p)) + [1] * len(r))
+    as_tensor = lambda x: torch.tensor(x, device=device)
+    return as_tensor(ids), as_tensor(attn), as_tensor(resp)

@@ -287,7 +287,8 @@ def save_checkpoint(path, model, train_config, step, tokenizer, **extra):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_head=None):
+def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_head=None,
+                    dropout=None):
     """Returns (model in eval mode on device, checkpoint dict). scalar_head=True on an LM
     checkpoint keeps the body and starts a zero score head (SFT -> reward model)."""
     if not os.path.exists(path):
@@ -308,6 +309,8 @@ def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_he
     except TypeError as e:
         raise ValueError(f"{path} has an unknown model_config: {e}") from e
     saved_scalar = config.scalar_head
+    if dropout is not None:  # fine-tuning may use another dropout than pretraining did
+        config.dropout = dropout
     if scalar_head is not None:
         config.scalar_head = scalar_head
     model = GPT(config)

@@ -61,7 +61,7 @@ def fact_doc(rng, cfg):
     for _ in range(rng.randint(4, 8)):
         kind = rng.random()
         if kind < 0.35:
-            a, b = rng.randint(0, 15), rng.randint(0, 15)
+            a, b = rng.randint(0, world.MAX_NUMBER), rng.randint(0, world.MAX_NUMBER)
             sentences.append(f"{a} plus {b} is {a + b}." if rng.random() < 0.5
                              else f"{max(a, b)} minus {min(a, b)} is {max(a, b) - min(a, b)}.")
         elif kind < 0.65:
@@ -81,8 +81,10 @@ def bio_doc(rng):
     facts = world.person_facts(p)
     keys = rng.sample(list(facts), 3)
     text = " ".join(world.fact_sentence(k, facts[k]) for k in keys)
-    if rng.random() < 0.5:
-        text += " In short, " + world.summarize({k: facts[k] for k in keys})
+    text += " In short, " + world.summarize({k: facts[k] for k in keys})
+    for key in rng.sample(keys, rng.randint(0, 2)):  # questions answered from the text
+        p = world.make_person(rng) | {"name": facts[key][0], "object": facts[key][-1]}
+        text += " " + world.QUESTIONS[key].format(**p) + " " + world.fact_sentence(key, facts[key])
     return text
 
 
@@ -97,30 +99,45 @@ def forum_doc(rng):
     return "\n".join(turns)
 
 
+def labelers_would_write(rng, family, prompt):
+    """The demonstrations are not spread evenly, as in the paper: few answer rude requests,
+    and those about animals' diets cover only world.DEMO_ANIMALS."""
+    if family == "rude":
+        return rng.random() < 0.2
+    if family == "truth":
+        return world.parse(prompt)[2]["animals"] in world.DEMO_ANIMALS
+    return True
+
+
 def prompt_sets(rng, cfg):
     """Draw disjoint prompt sets, evaluation first so it gets every phrasing."""
     seen = set()
 
-    def draw(n, held_out):
+    def draw(n, held_out, demos=False):
         rows, tries = [], 0
         while len(rows) < n:
             tries += 1
             if tries > 100 * n:
                 raise RuntimeError(f"could not draw {n} distinct prompts; ask for fewer")
-            family = world.FAMILIES[len(rows) % len(world.FAMILIES)]
+            # evaluation, RM and PPO prompts: families in turn; demonstrations: as written
+            family = (rng.choice(world.FAMILIES) if demos
+                      else world.FAMILIES[len(rows) % len(world.FAMILIES)])
             n_templates = len(world.TEMPLATES[family])
             if held_out is None:   # eval: a third in the held-out phrasing
                 tid = n_templates - 1 if rng.random() < 1 / 3 else rng.randrange(n_templates - 1)
             else:
                 tid = rng.randrange(n_templates - 1)
             prompt = world.make_prompt(rng, family, tid)
+            if demos and not labelers_would_write(rng, family, prompt):
+                continue
             if prompt not in seen:
                 seen.add(prompt)
                 rows.append({"prompt": prompt, "family": family, "held_out": tid == n_templates - 1})
         return rows
 
     sets = {"eval": draw(cfg.n_eval, None)}
-    for name, n in (("sft", cfg.n_sft + cfg.n_sft_val), ("rm", cfg.n_rm), ("ppo", cfg.n_ppo)):
+    sets["sft"] = draw(cfg.n_sft + cfg.n_sft_val, False, demos=True)
+    for name, n in (("rm", cfg.n_rm), ("ppo", cfg.n_ppo)):
         sets[name] = draw(n, False)
     return sets
 
@@ -131,7 +148,7 @@ def main(cfg):
     docs = []
     for _ in range(cfg.n_docs):
         u = rng.random()
-        docs.append(fact_doc(rng, cfg) if u < 0.3 else bio_doc(rng) if u < 0.5 else forum_doc(rng))
+        docs.append(fact_doc(rng, cfg) if u < 0.25 else bio_doc(rng) if u < 0.55 else forum_doc(rng))
     corpus = EOS.join(docs) + EOS
     sets = prompt_sets(rng, cfg)
     sft = [{"prompt": r["prompt"], "completion": world.good_response(r["prompt"], rng)}

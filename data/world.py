@@ -85,6 +85,10 @@ REFUSALS = ["I'm sorry, but I won't say mean things about {name}.",
             "Sorry, I can't insult {name}. Everyone deserves respect.",
             "I'd rather not be rude to {name}. Can I help with something kind?"]
 NUMBER_WORDS = {"two": 2, "three": 3, "four": 4}
+MAX_NUMBER = 10   # sums and differences of numbers up to this
+# The labelers' demonstrations cover the diets of these animals only; for the others the
+# models know only what the internet said, myths included, until feedback corrects them.
+DEMO_ANIMALS = list(DIETS)[:10]
 
 # -----------------------------------------------------------------------------
 # the phrasings; the LAST one of each family is the held-out phrasing
@@ -175,7 +179,7 @@ def make_prompt(rng, family, template_id):
     t = TEMPLATES[family][template_id]
     if family == "arith":
         op = rng.choice(["plus", "minus"])
-        a, b = rng.randint(0, 15), rng.randint(0, 15)
+        a, b = rng.randint(0, MAX_NUMBER), rng.randint(0, MAX_NUMBER)
         if op == "minus" and b > a:
             a, b = b, a
         prompt = t.format(a=a, op=op, b=b)

@@ -1,0 +1,120 @@
+"""
+Speed and memory on this machine, measured, not asserted (timed tests on shared machines
+only flake). Prints medians over repeats, for the CPU and GPU presets:
+
+  training tokens/s and peak memory (pretraining step: forward, backward, AdamW)
+  generation tokens/s with and without the KV cache (128 new tokens)
+  the written-out attention against PyTorch's fused scaled_dot_product_attention
+
+Run:  python bench.py                 # presets that fit this device
+      python bench.py --preset=cpu --repeats=5
+Random weights and tokens: speed does not depend on what the model knows.
+"""
+import dataclasses
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import pretrain
+from common import parse_config, resolve_device
+from model import GPT, GPTConfig
+
+
+@dataclasses.dataclass
+class Config:
+    device: str = "auto"
+    preset: str = "auto"       # cpu, gpu, or auto (cpu, plus gpu when cuda is there)
+    repeats: int = 5           # timed repeats; the median is reported
+    train_steps: int = 5       # steps per timed training repeat
+    new_tokens: int = 128      # generated tokens per row
+    gen_batch: int = 16
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, repeats, device):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory_mb(device):
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # whole process, Linux
+
+
+def model_for(preset, use_sdpa=False, vocab_size=1109):
+    p = pretrain.Config() if preset == "cpu" else dataclasses.replace(pretrain.Config(), **pretrain.GPU)
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=max(p.block_size, 192), n_layer=p.n_layer,
+                    n_head=p.n_head, n_embd=p.n_embd, use_sdpa=use_sdpa)
+    return GPT(cfg), p
+
+
+def bench_training(preset, device, cfg, use_sdpa=False):
+    model, p = model_for(preset, use_sdpa)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, model.config.vocab_size, (p.batch_size, p.block_size), device=device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
+                else torch.autocast("cpu", enabled=False))
+
+    def steps():
+        for _ in range(cfg.train_steps):
+            with autocast:
+                logits = model(x)
+                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), x.view(-1))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = median_time(steps, cfg.repeats, device)
+    return model.num_params(), p.batch_size * p.block_size * cfg.train_steps / t, peak_memory_mb(device)
+
+
+def bench_generation(preset, device, cfg, use_cache):
+    model, _ = model_for(preset)
+    model.to(device).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (cfg.gen_batch, 32), device=device)
+    # no eos_id: every row generates all new_tokens, so the two runs do equal work
+    t = median_time(lambda: model.generate(prompt, max_new_tokens=cfg.new_tokens, use_cache=use_cache),
+                    max(1, cfg.repeats // 2), device)
+    return cfg.gen_batch * cfg.new_tokens / t
+
+
+def main(cfg):
+    device = resolve_device(cfg.device)
+    presets = [cfg.preset] if cfg.preset != "auto" else (["cpu", "gpu"] if device == "cuda" else ["cpu"])
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| preset | params | attention | train tok/s | peak MB | gen tok/s, cache | gen tok/s, no cache | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for preset in presets:
+        for use_sdpa in (False, True):
+            n, tps, mem = bench_training(preset, device, cfg, use_sdpa)
+            attention = "sdpa" if use_sdpa else "written out"
+            if use_sdpa:
+                print(f"| {preset} | {n / 1e6:.2f}M | {attention} | {tps:,.0f} | {mem:,.0f} | | | |")
+                continue
+            cached = bench_generation(preset, device, cfg, True)
+            uncached = bench_generation(preset, device, cfg, False)
+            print(f"| {preset} | {n / 1e6:.2f}M | {attention} | {tps:,.0f} | {mem:,.0f} | "
+                  f"{cached:,.0f} | {uncached:,.0f} | {cached / uncached:.1f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main(parse_config(Config, sys.argv[1:]))

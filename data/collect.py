@@ -1,0 +1,65 @@
+"""
+Comparison collection: the labelers' job (InstructGPT §3.4).
+
+For each reward-model prompt, the SFT model samples K responses at temperature 1, and a
+simulated labeler ranks them (data/labelers.py: Bradley-Terry noise on the gold score).
+Writes out/comparisons.jsonl, one {"prompt", "responses"} row per prompt, best first.
+reward.py and dpo.py only read such files, so a real human-preference data set in the
+same format (or a {"prompt", "chosen", "rejected"} pairs file) can take its place.
+
+It also has a second, independent labeler rank the same samples and prints how often the
+two agree: the paper's inter-labeler agreement (72.6%), measured on real SFT samples.
+
+Run: python -m data.collect            (K = 4; --k=9 for the paper's largest)
+"""
+import dataclasses
+import os
+import random
+import sys
+import time
+
+from common import parse_config, sample_responses, setup, write_jsonl
+from data import labelers
+from data.loader import load_jsonl
+from data.tokenizer import get_tokenizer
+from model import load_checkpoint
+
+
+@dataclasses.dataclass
+class Config:
+    data_dir: str = "out/data"
+    policy: str = "out/sft.pt"       # made by: python sft.py
+    out: str = "out/comparisons.jsonl"
+    k: int = 4                       # responses per prompt, 4 to 9 as in the paper
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    batch_size: int = 128            # sequences generated at once
+    noise: float = labelers.NOISE    # labeler noise; 0.4 gives ~73% agreement
+    device: str = "auto"
+    seed: int = 1337
+
+
+if __name__ == "__main__":
+    cfg = parse_config(Config, sys.argv[1:])
+    if not 2 <= cfg.k <= 9:
+        raise SystemExit(f"--k must be between 2 and 9, got {cfg.k}")
+    device, _ = setup(cfg)
+    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    model, _ = load_checkpoint(cfg.policy, device, make_cmd="python sft.py", tokenizer=enc.name)
+    prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "rm_prompts.jsonl"), "prompts")]
+    t0 = time.time()
+    # every prompt K times in a row, so one batched pass samples all of them
+    flat = [p for p in prompts for _ in range(cfg.k)]
+    responses = sample_responses(model, enc, flat, cfg.max_new_tokens, cfg.temperature,
+                                 cfg.batch_size, device, progress=True)
+    groups = [(p, responses[i * cfg.k:(i + 1) * cfg.k]) for i, p in enumerate(prompts)]
+    rng = random.Random(cfg.seed)
+    rows = []
+    for prompt, group in groups:
+        order = labelers.rank(prompt, group, rng, cfg.noise)
+        rows.append({"prompt": prompt, "responses": [group[i] for i in order]})
+    write_jsonl(cfg.out, rows)
+    agree = labelers.agreement(groups, seed=cfg.seed + 1, noise=cfg.noise)
+    print(f"wrote {cfg.out}: {len(rows)} prompts x {cfg.k} ranked responses "
+          f"({len(flat) / (time.time() - t0):.0f} responses/s); two independent labelers "
+          f"agree on {agree:.1%} of pairs of distinct responses (paper: 72.6%)")

@@ -1,0 +1,72 @@
+"""
+The whole InstructGPT pipeline in one command, on the world's embedded data:
+
+  1. data        python -m data.generate    the internet, demonstrations, prompts, tokenizer
+  2. pretrain    python pretrain.py         the base model ("GPT-3")
+  3. sft         python sft.py              supervised fine-tuning on demonstrations
+  4. compare     python -m data.collect     SFT samples ranked by the simulated labelers
+  5. reward      python reward.py           the reward model
+  6. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
+  7. ppo         python ppo.py --ptx_coef=0 plain PPO
+  8. dpo         python dpo.py              DPO on the same comparisons
+  9. evaluate    python evaluate.py         the paper's table in miniature
+
+Each stage is a script that also runs alone. A stage whose output already exists is
+skipped; --redo=sft,reward (or --redo=all) runs those stages again, and every stage after
+a redone one as well, since its input changed. --device=cuda (or cpu, mps) is passed on.
+
+Run:  python pipeline.py
+"""
+import os
+import subprocess
+import sys
+import time
+
+STAGES = [  # name, command, the file it makes
+    ("data", ["-m", "data.generate"], "out/data/tokenizer.tiktoken"),
+    ("pretrain", ["pretrain.py"], "out/pretrain.pt"),
+    ("sft", ["sft.py"], "out/sft.pt"),
+    ("compare", ["-m", "data.collect"], "out/comparisons.jsonl"),
+    ("reward", ["reward.py"], "out/reward.pt"),
+    ("ppo_ptx", ["ppo.py"], "out/ppo_ptx.pt"),
+    ("ppo", ["ppo.py", "--ptx_coef=0"], "out/ppo.pt"),
+    ("dpo", ["dpo.py"], "out/dpo.pt"),
+    ("evaluate", ["evaluate.py"], "out/eval/table.md"),
+]
+USAGE = "usage: python pipeline.py [--redo=all|STAGE,STAGE...] [--device=auto|cpu|cuda|mps]"
+
+
+def main(argv):
+    redo, device = set(), None
+    names = [name for name, _, _ in STAGES]
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "--redo" and value:
+            redo = set(names) if value == "all" else set(value.split(","))
+            unknown = redo - set(names)
+            if unknown:
+                raise SystemExit(f"--redo: unknown stage {', '.join(sorted(unknown))}; "
+                                 f"stages are {', '.join(names)}")
+        elif key == "--device" and value:
+            device = value
+        else:
+            raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
+    t_start, changed = time.time(), False
+    for i, (name, cmd, output) in enumerate(STAGES, 1):
+        if os.path.exists(output) and name not in redo and not changed:
+            print(f"[{i}/{len(STAGES)}] {name}: {output} exists, skipped (--redo={name} to run it again)")
+            continue
+        args = cmd + ([f"--device={device}"] if device and name != "data" else [])
+        print(f"\n[{i}/{len(STAGES)}] {name}: python {' '.join(args)}", flush=True)
+        t0 = time.time()
+        result = subprocess.run([sys.executable] + args)
+        if result.returncode != 0:
+            raise SystemExit(f"stage {name} failed (exit {result.returncode}); "
+                             f"fix it and run: python pipeline.py")
+        print(f"[{i}/{len(STAGES)}] {name}: done in {time.time() - t0:.0f} s", flush=True)
+        changed = True
+    print(f"\npipeline finished in {(time.time() - t_start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

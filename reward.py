@@ -1,0 +1,189 @@
+"""
+Stage 2: the reward model (InstructGPT §3.5, "Reward modeling").
+
+The SFT model with its unembedding replaced by a scalar head reads a prompt and a
+response and outputs one number, taken at the response's last token (EOS). It learns
+from the labelers' rankings with the pairwise loss of InstructGPT eq. 1:
+
+    loss = -1/C(K,2) * E[ log sigmoid( r(x, y_w) - r(x, y_l) ) ]
+
+All C(K,2) comparisons of one prompt sit in one batch element, so each response goes
+through the model once (K passes, not K(K-1)), and one epoch is enough, as in the paper.
+After training a bias is added so the SFT demonstrations score 0 on average; their spread
+is saved as `score_std`, which PPO divides by.
+
+Reads out/comparisons.jsonl (rankings, best first, from: python -m data.collect) or any
+{"prompt", "chosen", "rejected"} pairs file (--comparisons=path).
+
+Run:
+  python reward.py                   # CPU preset, under a minute
+  python reward.py --device=cuda
+
+Simplified (exercises): the paper's reward model (6B) is smaller than its policy; here both
+are the same size. Pairs of identical responses carry no preference and are skipped.
+"""
+import dataclasses
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import Logger, encode_pairs, parse_config, setup
+from data import world
+from data.loader import load_comparisons, load_jsonl
+from data.tokenizer import get_tokenizer
+from model import load_checkpoint, save_checkpoint
+
+
+@dataclasses.dataclass
+class Config:
+    data_dir: str = "out/data"
+    comparisons: str = "out/comparisons.jsonl"  # made by: python -m data.collect
+    init: str = "out/sft.pt"          # the reward model starts from the SFT model
+    out: str = "out/reward.pt"
+    device: str = "auto"
+    seed: int = 1337
+    epochs: int = 1                   # the paper: one epoch (more overfits)
+    batch_size: int = 16              # prompts per step, each with all K of its responses
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    val_frac: float = 0.1             # prompts held out for accuracy
+    log_interval: int = 10
+
+
+GPU = dict(lr=1e-4, min_lr=1e-5)
+
+
+def pairwise_loss(rewards, pair_mask):
+    """InstructGPT eq. 1 for a batch of rankings.
+    rewards: (B, K), response k of prompt b, ranked best first (k = 0 is best).
+    pair_mask: (B, K, K) bool, True where (i, j) is a comparison to count: i ranked above j.
+    Each prompt's loss is the mean over its pairs of -log sigmoid(r_i - r_j); then the
+    mean over prompts (the 1/C(K,2) normalisation)."""
+    diff = rewards[:, :, None] - rewards[:, None, :]  # (B, K, K): r_i - r_j
+    per_pair = -F.logsigmoid(diff) * pair_mask
+    n_pairs = pair_mask.sum(dim=(1, 2))  # (B,)
+    per_prompt = per_pair.sum(dim=(1, 2)) / n_pairs.clamp(min=1)
+    return per_prompt[n_pairs > 0].mean()
+
+
+def ranking_batch(rows):
+    """Prompts, responses and masks for a batch of rankings (K may differ between rows)."""
+    K = max(len(r["responses"]) for r in rows)
+    prompts, responses = [], []
+    valid = torch.zeros(len(rows), K, dtype=torch.bool)
+    pair_mask = torch.zeros(len(rows), K, K, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        rs = row["responses"]
+        valid[b, :len(rs)] = True
+        for i in range(len(rs)):
+            for j in range(i + 1, len(rs)):
+                pair_mask[b, i, j] = rs[i] != rs[j]  # identical responses: no preference
+        # short rankings are padded with copies of their last response, masked out above
+        rs = rs + [rs[-1]] * (K - len(rs))
+        prompts += [row["prompt"]] * K
+        responses += rs
+    return prompts, responses, valid, pair_mask
+
+
+def score_responses(model, enc, prompts, responses, device, add_eos=False):
+    """Reward-model score of each (prompt, response): the scalar at the last token (B,)."""
+    ids, attn, _ = encode_pairs(enc, prompts, responses, device, model.config.block_size, add_eos)
+    return model(ids, attention_mask=attn)[:, -1]  # left padding: the last column is the end
+
+
+@torch.no_grad()
+def evaluate(model, enc, rows, device, batch_size):
+    """Accuracy against the labelers' (noisy) order, accuracy against the gold labeler's
+    order (pairs whose gold scores differ), and the correlation of RM and gold scores."""
+    model.eval()
+    hits = n = gold_hits = gold_n = 0
+    rm_all, gold_all = [], []
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i:i + batch_size]
+        prompts, responses, valid, pair_mask = ranking_batch(batch)
+        K = valid.shape[1]
+        r = score_responses(model, enc, prompts, responses, device).view(-1, K).cpu()
+        hits += ((r[:, :, None] > r[:, None, :]) & pair_mask).sum().item()
+        n += pair_mask.sum().item()
+        for b, row in enumerate(batch):
+            try:
+                g = [world.score(row["prompt"], y) for y in row["responses"]]
+            except ValueError:  # not a prompt of this world (a real data set): no gold
+                continue
+            rm_all += r[b, :len(g)].tolist()
+            gold_all += g
+            for a in range(len(g)):
+                for c in range(a + 1, len(g)):
+                    if g[a] != g[c]:
+                        gold_n += 1
+                        gold_hits += (r[b, a] > r[b, c]).item() == (g[a] > g[c])
+    model.train()
+    rm_t, gold_t = torch.tensor(rm_all), torch.tensor(gold_all)
+    corr = torch.corrcoef(torch.stack([rm_t, gold_t]))[0, 1].item()
+    return hits / max(n, 1), gold_hits / max(gold_n, 1), corr
+
+
+if __name__ == "__main__":
+    cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
+    device, autocast = setup(cfg)
+    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    rows = load_comparisons(cfg.comparisons)
+    n_val = max(1, int(cfg.val_frac * len(rows)))
+    train_rows, val_rows = rows[:-n_val], rows[-n_val:]
+    # SFT body, scalar head starting at zero: every response scores 0 at step 0
+    model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
+                               scalar_head=True, dropout=0.0)
+    model.train()
+    print(f"reward model: {len(train_rows)} rankings to train on, {len(val_rows)} held out")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    max_iters = cfg.epochs * math.ceil(len(train_rows) / cfg.batch_size)
+    logger = Logger(cfg.out.replace(".pt", "_log.jsonl"))
+    acc, gold_acc, corr = evaluate(model, enc, val_rows, device, cfg.batch_size)
+    print(f"before training: accuracy {acc:.1%} (labels) {gold_acc:.1%} (gold)")
+
+    t0, it = time.time(), 0
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(train_rows), generator=generator).tolist()
+        for i in tqdm(range(0, len(order), cfg.batch_size), desc="reward", leave=False, mininterval=2):
+            lr = cfg.min_lr + 0.5 * (1 + math.cos(math.pi * it / max_iters)) * (cfg.lr - cfg.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            prompts, responses, valid, pair_mask = ranking_batch([train_rows[j] for j in order[i:i + cfg.batch_size]])
+            with autocast:
+                rewards = score_responses(model, enc, prompts, responses, device)  # (B*K,)
+            rewards = rewards.float().view(valid.shape)  # (B, K)
+            loss = pairwise_loss(rewards, pair_mask.to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if it % cfg.log_interval == 0:
+                batch_acc = ((rewards[:, :, None] > rewards[:, None, :]) & pair_mask.to(device)).sum() / pair_mask.sum()
+                logger.log(it, loss=loss.item(), train_acc=batch_acc.item(), lr=lr)
+            it += 1
+
+    # Normalise as the paper did: a bias so the labelers' demonstrations score 0 on average.
+    demos = load_jsonl(os.path.join(cfg.data_dir, "sft.jsonl"), "sft")
+    model.eval()
+    with torch.no_grad():
+        demo_scores = torch.cat([score_responses(model, enc, [d["prompt"] for d in demos[i:i + 64]],
+                                                 [d["completion"] for d in demos[i:i + 64]],
+                                                 device, add_eos=True).float()
+                                 for i in range(0, len(demos), 64)])
+        model.score_head.bias -= demo_scores.mean()
+    score_std = demo_scores.std().item()
+    acc, gold_acc, corr = evaluate(model, enc, val_rows, device, cfg.batch_size)
+    logger.log(it, val_acc=acc, val_gold_acc=gold_acc, val_corr=corr, score_std=score_std)
+    save_checkpoint(cfg.out, model, dataclasses.asdict(cfg), it, enc.name, score_std=score_std,
+                    val_acc=acc, val_gold_acc=gold_acc)
+    print(f"saved {cfg.out}: held-out accuracy {acc:.1%} against the labelers (their agreement "
+          f"~73% is the ceiling), {gold_acc:.1%} against the gold order; correlation with the "
+          f"gold score {corr:.2f}; demonstrations score 0 +- {score_std:.3f}; {time.time() - t0:.0f} s")
