@@ -153,9 +153,10 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         if config.scalar_head:
-            # a zero head scores everything 0 at the start, so a freshly made reward or
-            # value model begins neutral instead of with random opinions
-            nn.init.zeros_(self.score_head.weight)
+            # std 1/sqrt(n_embd + 1), as in Ziegler et al.'s reward head: small opinions at
+            # first, but large enough that gradient reaches the body from the first step
+            # (a zero head would pass none back until it had grown)
+            nn.init.normal_(self.score_head.weight, std=1 / math.sqrt(config.n_embd + 1))
             nn.init.zeros_(self.score_head.bias)
 
     def _init_weights(self, module):

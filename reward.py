@@ -48,7 +48,7 @@ class Config:
     device: str = "auto"
     seed: int = 1337
     epochs: int = 1                   # the paper: one epoch (more overfits)
-    batch_size: int = 16              # prompts per step, each with all K of its responses
+    batch_size: int = 8               # prompts per step, each with all K of its responses
     lr: float = 3e-4
     min_lr: float = 3e-5
     weight_decay: float = 0.0

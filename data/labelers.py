@@ -18,7 +18,7 @@ import random
 
 from data import world
 
-NOISE = 0.4
+NOISE = 0.35
 
 
 def rank(prompt, responses, rng, noise=NOISE):
@@ -69,5 +69,5 @@ def sft_like_samples(n_prompts, k=4, seed=0):
 
 if __name__ == "__main__":
     samples = sft_like_samples(2000)
-    for noise in (0.3, NOISE, 0.5):
+    for noise in (0.25, NOISE, 0.5):
         print(f"noise {noise}: two labelers agree on {agreement(samples, noise=noise):.1%} of pairs")

@@ -62,7 +62,8 @@ def test_shapes_and_scalar_head():
     rm = tiny_model(scalar_head=True)
     scores = rm(idx)
     assert scores.shape == (3, 10)
-    assert torch.all(scores == 0)  # zero-initialised head
+    assert torch.all(scores[:, 0] != 0)  # a small random head, not zero
+    assert rm.score_head.bias.item() == 0
     assert not hasattr(rm, "lm_head")
     assert lm.lm_head.weight is lm.wte.weight  # tied
     assert lm.num_params() == sum(p.numel() for p in set(lm.parameters()))
@@ -278,8 +279,10 @@ def test_lm_to_scalar_head_keeps_body(tmp_path):
     assert rm.config.scalar_head
     lm_state, rm_state = lm.state_dict(), rm.state_dict()
     for k, v in rm_state.items():
-        if k.startswith("score_head"):
+        if k == "score_head.bias":
             assert torch.all(v == 0)
+        elif k == "score_head.weight":  # fresh head, std 1/sqrt(n_embd + 1)
+            assert 0.05 < v.std().item() < 0.4
         else:
             assert torch.equal(v, lm_state[k]), k
     # reward model -> value model: a trained head is kept

@@ -1,0 +1,236 @@
+"""
+Direct Preference Optimization (Rafailov et al. 2023): RLHF without a reward model and
+without sampling during training.
+
+DPO starts from the SFT model and learns straight from the labelers' comparisons, the
+same ones the reward model reads. Each ranking of K responses becomes its C(K,2) pairs
+(y_w ranked above y_l), and the loss (DPO paper, eq. 7) is
+
+    loss = -log sigmoid( beta * [ (log pi(y_w|x) - log pi_ref(y_w|x))
+                                - (log pi(y_l|x) - log pi_ref(y_l|x)) ] )
+
+where log pi(y|x) is the SUM of the response tokens' log-probs (EOS included; prompt and
+padding excluded) and pi_ref is the frozen SFT model. beta * (log pi - log pi_ref) is the
+policy's implicit reward; the share of pairs where the chosen response's implicit reward
+beats the rejected one's is the accuracy we log, the analogue of the reward model's.
+Dropout is off, so at step 0 the policy is the reference and the loss is exactly log 2.
+
+The reference never changes, so its log-probs are computed once, before the first update,
+with the very weights the policy starts from: no second copy of the model is kept.
+
+Reads out/sft.pt (python sft.py) and out/comparisons.jsonl (python -m data.collect) or any
+{"prompt", "chosen", "rejected"} pairs file. Writes out/dpo.pt, which the evaluation and
+PPO comparisons can load like any other policy checkpoint.
+
+Run:
+  python dpo.py                      # CPU preset, about a minute
+  python dpo.py --device=cuda        # GPU preset
+  python dpo.py --beta=0.5 --epochs=1
+
+Simplified (exercises): a response that appears in several pairs goes through the model
+once per pair (grouping a prompt's K responses, as reward.py does, would save passes);
+no label smoothing (cDPO) or IPO loss; held-out prompts are the last 10% of the file.
+"""
+import dataclasses
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import Logger, encode_pairs, parse_config, sample_responses, setup
+from data import world
+from data.loader import load_comparisons, load_jsonl
+from data.tokenizer import get_tokenizer
+from model import load_checkpoint, save_checkpoint, token_logprobs
+
+
+@dataclasses.dataclass
+class Config:
+    data_dir: str = "out/data"
+    comparisons: str = "out/comparisons.jsonl"  # made by: python -m data.collect
+    init: str = "out/sft.pt"         # policy and reference start here (python sft.py)
+    out: str = "out/dpo.pt"
+    device: str = "auto"
+    seed: int = 1337
+    beta: float = 0.1                # strength of the pull towards the reference (paper: 0.1)
+    epochs: int = 1
+    batch_size: int = 32             # pairs per step (each pair: two sequences)
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_iters: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    pairs_per_prompt: int = 0        # sub-sample each prompt's C(K,2) pairs; 0 keeps them all
+    val_frac: float = 0.1            # prompts held out for loss and accuracy
+    log_interval: int = 20
+    n_eval_prompts: int = 240        # gold-labeler check at the end; 0 skips it
+    max_new_tokens: int = 48
+
+
+GPU = dict(batch_size=64, lr=1e-4, min_lr=1e-5)
+
+
+def sequence_logprobs(model, ids, attention_mask, response_mask):
+    """log pi(y|x): the sum of the response tokens' log-probs, one number per sequence.
+    ids, attention_mask, response_mask: (B, T), left-padded as encode_pairs makes them.
+    Position t predicts token t+1, so token t+1 counts when response_mask[t+1] is 1;
+    prompt and padding tokens contribute exactly 0. Returns (B,) float32."""
+    logits = model(ids[:, :-1], attention_mask=attention_mask[:, :-1])  # (B, T-1, vocab)
+    logprobs = token_logprobs(logits, ids[:, 1:])                       # (B, T-1)
+    return (logprobs * response_mask[:, 1:]).sum(-1)                    # (B,)
+
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    """DPO loss (Rafailov et al. 2023, eq. 7), all inputs (B,) summed log-probs.
+    Implicit rewards r = beta * (log pi(y|x) - log pi_ref(y|x)); loss = mean over pairs of
+    -log sigmoid(r_chosen - r_rejected). Returns (loss, chosen_rewards, rejected_rewards),
+    the rewards (B,) detached: they are for logging, the gradient flows through the loss."""
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def make_pairs(rows, pairs_per_prompt=0, rng=None):
+    """Rankings (best first) -> (prompt, chosen, rejected) triples: every i above j, the
+    C(K,2) comparisons of InstructGPT §3.5. Identical responses carry no preference."""
+    pairs = []
+    for row in rows:
+        rs = row["responses"]
+        mine = [(row["prompt"], rs[i], rs[j]) for i in range(len(rs))
+                for j in range(i + 1, len(rs)) if rs[i] != rs[j]]
+        if pairs_per_prompt and len(mine) > pairs_per_prompt:
+            mine = rng.sample(mine, pairs_per_prompt)
+        pairs += mine
+    return pairs
+
+
+def pair_logprobs(model, enc, pairs, device):
+    """Summed log-probs of the chosen and rejected responses of `pairs`: two (B,) tensors.
+    Both halves go through the model as one batch of 2B sequences."""
+    prompts = [p for p, _, _ in pairs]
+    responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
+    ids, attn, resp = encode_pairs(enc, prompts + prompts, responses, device,
+                                   model.config.block_size)  # (2B, T) each
+    logprobs = sequence_logprobs(model, ids, attn, resp)    # (2B,)
+    return logprobs[:len(pairs)], logprobs[len(pairs):]
+
+
+@torch.no_grad()
+def all_logprobs(model, enc, pairs, device, autocast, batch_size):
+    """pair_logprobs over a whole list, in batches, on the CPU: (N,), (N,)."""
+    model.eval()
+    chosen, rejected = [], []
+    for i in tqdm(range(0, len(pairs), batch_size), desc="log-probs", leave=False, mininterval=2):
+        with autocast:
+            c, r = pair_logprobs(model, enc, pairs[i:i + batch_size], device)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def evaluate(model, enc, pairs, ref_chosen, ref_rejected, cfg, device, autocast):
+    """DPO loss, implicit-reward accuracy and mean margin over `pairs`."""
+    chosen, rejected = all_logprobs(model, enc, pairs, device, autocast, cfg.batch_size)
+    loss, r_c, r_r = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta)
+    model.train()
+    return {"loss": loss.item(), "acc": (r_c > r_r).float().mean().item(),
+            "margin": (r_c - r_r).mean().item()}
+
+
+def main(cfg):
+    device, autocast = setup(cfg)
+    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    rows = load_comparisons(cfg.comparisons)
+    n_val = max(1, int(cfg.val_frac * len(rows)))  # held out by prompt, not by pair
+    rng = random.Random(cfg.seed)
+    train_pairs = make_pairs(rows[:-n_val], cfg.pairs_per_prompt, rng)
+    val_pairs = make_pairs(rows[-n_val:], cfg.pairs_per_prompt, rng)
+    # no dropout: the policy must equal the reference exactly at step 0 (loss = log 2)
+    model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
+                               dropout=0.0)
+    print(f"DPO on {len(train_pairs)} pairs from {len(rows) - n_val} prompts, {len(val_pairs)} "
+          f"pairs from {n_val} held-out prompts; beta {cfg.beta}; {model.num_params() / 1e6:.2f}M "
+          f"parameters from {cfg.init}")
+
+    # 1. The reference log-probs, once: the policy's own before any update (= the SFT model).
+    t0 = time.time()
+    ref_chosen, ref_rejected = all_logprobs(model, enc, train_pairs, device, autocast, cfg.batch_size)
+    val_ref_chosen, val_ref_rejected = all_logprobs(model, enc, val_pairs, device, autocast,
+                                                    cfg.batch_size)
+    print(f"reference log-probs of {2 * (len(train_pairs) + len(val_pairs))} responses: "
+          f"{time.time() - t0:.0f} s")
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    max_iters = cfg.epochs * math.ceil(len(train_pairs) / cfg.batch_size)
+    logger = Logger(cfg.out.replace(".pt", "_log.jsonl"))
+
+    def lr_at(it):  # linear warmup, then cosine decay
+        if it < cfg.warmup_iters:
+            return cfg.lr * (it + 1) / cfg.warmup_iters
+        progress = (it - cfg.warmup_iters) / max(1, max_iters - cfg.warmup_iters)
+        return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+    t0, it = time.time(), 0
+    model.train()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(1, cfg.epochs + 1):
+        order = torch.randperm(len(train_pairs), generator=generator)
+        for i in tqdm(range(0, len(order), cfg.batch_size), desc=f"dpo epoch {epoch}",
+                      leave=False, mininterval=2):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(it)
+            idx = order[i:i + cfg.batch_size]  # (B,) pair indices
+            batch = [train_pairs[j] for j in idx.tolist()]
+            # 2. The policy's summed log-probs of both responses, with gradients.
+            with autocast:
+                logp_chosen, logp_rejected = pair_logprobs(model, enc, batch, device)
+            # 3. The DPO loss against the stored reference log-probs.
+            loss, chosen_rewards, rejected_rewards = dpo_loss(
+                logp_chosen.float(), logp_rejected.float(), ref_chosen[idx].to(device),
+                ref_rejected[idx].to(device), cfg.beta)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if it % cfg.log_interval == 0:
+                # the chosen reward often falls too: DPO only needs it to fall less
+                logger.log(it, loss=loss.item(),
+                           acc=(chosen_rewards > rejected_rewards).float().mean().item(),
+                           margin=(chosen_rewards - rejected_rewards).mean().item(),
+                           chosen=chosen_rewards.mean().item(),
+                           rejected=rejected_rewards.mean().item(), lr=lr_at(it))
+            it += 1
+        val = evaluate(model, enc, val_pairs, val_ref_chosen, val_ref_rejected, cfg, device, autocast)
+        logger.log(it, epoch=epoch, val_loss=val["loss"], val_acc=val["acc"],
+                   val_margin=val["margin"], seconds=round(time.time() - t0, 1))
+    save_checkpoint(cfg.out, model, dataclasses.asdict(cfg), it, enc.name, val_loss=val["loss"],
+                    val_acc=val["acc"], beta=cfg.beta)
+    print(f"saved {cfg.out}: held-out loss {val['loss']:.4f} (log 2 = 0.6931 at the start), "
+          f"implicit-reward accuracy {val['acc']:.1%}, margin {val['margin']:.3f}; "
+          f"{time.time() - t0:.0f} s")
+
+    # 4. The gold labeler's verdict on the held-out evaluation prompts, SFT beside DPO.
+    if cfg.n_eval_prompts:
+        rows = load_jsonl(os.path.join(cfg.data_dir, "eval_prompts.jsonl"), "prompts")
+        prompts = [r["prompt"] for r in rows[: cfg.n_eval_prompts]]
+        sft, _ = load_checkpoint(cfg.init, device)
+        for name, m in (("sft", sft), ("dpo", model)):
+            torch.manual_seed(cfg.seed)  # same sampling noise for both
+            responses = sample_responses(m, enc, prompts, cfg.max_new_tokens, device=device)
+            rep = world.report(prompts, responses)
+            print(f"\n{name} model on {len(prompts)} evaluation prompts (temperature 1):")
+            print(world.format_report(rep))
+            logger.log(it, line=False, model=name, gold=rep)
+        for p, r in list(zip(prompts, responses))[:3]:
+            print(f"--- {p!r}\n    dpo -> {r!r}")
+    return val
+
+
+if __name__ == "__main__":
+    main(parse_config(Config, sys.argv[1:], gpu=GPU))

@@ -1,0 +1,356 @@
+"""
+The paper's results in miniature (InstructGPT §4): each stage's model answers the same
+held-out evaluation prompts and the gold labeler scores every answer.
+
+  base     out/pretrain.pt  with a few-shot prefix: the paper's "GPT-3 prompted"
+  sft      out/sft.pt       the baseline of the win rates (as in the paper's Figure 1) and of the KL
+  ppo      out/ppo.pt       PPO without the pretraining mix
+  ppo_ptx  out/ppo_ptx.pt   PPO-ptx: InstructGPT
+  dpo      out/dpo.pt       DPO, the successor method
+
+Every model samples at temperature 1 from the same seed, so differences are the models'.
+Writes out/eval/table.md (also printed): the measures per model, the gold score per task
+family and for held-out phrasings, answers side by side and a reading against the paper;
+out/eval/results.json (every number) and out/eval/samples.jsonl (every response, scored).
+
+Run:
+  python evaluate.py                        # CPU, a minute or two; missing stages are skipped
+  python evaluate.py --n_samples=4          # more samples per prompt: tighter intervals
+  python evaluate.py --models=sft,ppo_ptx --device=cuda
+
+Simplified (exercises): a "win" is a higher gold score, where the paper's labelers compare
+two outputs; public NLP benchmarks are replaced by the next-token loss on held-out corpus
+text; the base model gets one fixed few-shot prefix (the paper tuned its prompts); the KL
+is computed on the re-tokenized response text, not on the sampled tokens.
+"""
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common import decode_responses, encode_pairs, parse_config, setup, write_jsonl
+from data import world
+from data.loader import load_jsonl
+from data.tokenizer import EOS, encode, get_tokenizer
+from model import load_checkpoint, token_logprobs
+from pretrain import get_batch, lm_loss, load_corpus
+
+STAGES = {  # name: (checkpoint file in ckpt_dir, the command that makes it)
+    "base": ("pretrain.pt", "python pretrain.py"),
+    "sft": ("sft.pt", "python sft.py"),
+    "ppo": ("ppo.pt", "python ppo.py --ptx_coef=0"),
+    "ppo_ptx": ("ppo_ptx.pt", "python ppo.py"),
+    "dpo": ("dpo.pt", "python dpo.py"),
+}
+SHOT_FAMILIES = ["list", "arith", "truth", "rude", "closedqa", "summary"]  # short ones first
+
+
+@dataclasses.dataclass
+class Config:
+    data_dir: str = "out/data"       # tokenizer, eval_prompts.jsonl, pretrain.txt (python -m data.generate)
+    ckpt_dir: str = "out"            # where the stages saved pretrain.pt, sft.pt, ppo.pt, ...
+    out_dir: str = "out/eval"        # table.md, results.json, samples.jsonl
+    models: str = "base,sft,ppo,ppo_ptx,dpo"  # stages to evaluate; sft is always loaded
+    device: str = "auto"             # auto: cuda, then mps, then cpu
+    seed: int = 1337                 # the same sampling seed for every model
+    n_prompts: int = 0               # evaluation prompts to use; 0: all of them
+    n_samples: int = 1               # responses per prompt; more give tighter intervals
+    temperature: float = 1.0         # the paper evaluates samples at temperature 1
+    max_new_tokens: int = 48         # as in training
+    batch_size: int = 64             # sequences per forward pass
+    n_shots: int = 3                 # worked examples before the base model's prompt
+    eval_batches: int = 8            # held-out corpus batches (of batch_size windows) for the tax
+
+
+GPU = dict(n_samples=4, eval_batches=32)
+
+
+# -----------------------------------------------------------------------------
+# the pure parts
+
+def win_rate(scores_a, scores_b, z=1.96):
+    """How often a beats b, paired (same prompt, same sample index): win 1, tie 0.5, loss 0.
+    Returns (rate, lo, hi) with the Wilson score interval (95% for z=1.96), ties counted as
+    half a win; a tie varies less than a coin flip, so the interval is slightly conservative.
+    Unlike the normal approximation, it does not collapse to a point at 0% or 100%."""
+    if len(scores_a) != len(scores_b) or not scores_a:
+        raise ValueError(f"need paired scores, got {len(scores_a)} and {len(scores_b)}")
+    n = len(scores_a)
+    rate = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b)) / n
+    center = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    # it lies in [0, 1] and contains the rate; min/max only absorb float rounding at 0 and 1
+    return rate, max(0.0, min(center - half, rate)), min(1.0, max(center + half, rate))
+
+
+def kl_to_reference(logprobs, ref_logprobs, response_mask):
+    """Per-response KL estimate: the sum over response tokens of log pi(y_t) - log pi_ref(y_t),
+    the log-ratio InstructGPT eq. 2 penalises. (B, T) each -> (B,). Its mean over samples
+    drawn from pi estimates KL(pi || pi_ref) >= 0; a single response may be negative."""
+    return ((logprobs - ref_logprobs) * response_mask).sum(-1)
+
+
+def few_shot_shots(exclude, n_shots=3, seed=0):
+    """The base model's worked examples: (prompt, labeler's good response) pairs, one per
+    family of SHOT_FAMILIES, each in a trained phrasing, from a fixed seed. A prompt that
+    contains or is contained in one of `exclude` (the evaluation prompts) is drawn again,
+    so no evaluation question appears in the prefix, not even with another greeting."""
+    rng = random.Random(seed)
+    shots = []
+    for family in SHOT_FAMILIES[:n_shots]:
+        prompt = world.make_prompt(rng, family, 0)
+        while any(prompt in e or e in prompt for e in exclude):
+            prompt = world.make_prompt(rng, family, 0)
+        shots.append((prompt, world.good_response(prompt, rng)))
+    return shots
+
+
+def few_shot_prefix(shots):
+    """The exchanges in the chat format, joined by newlines as the corpus' forum threads are:
+    the text that goes before world.chat(prompt)."""
+    return "".join(world.chat(p, r) + "\n" for p, r in shots)
+
+
+def few_shot_context(shots, prompt, enc, max_tokens):
+    """The base model's whole context. With a small block_size not every prompt has room for
+    every shot, so the earliest are dropped until it fits. Returns (text, shots used)."""
+    for k in range(len(shots), -1, -1):
+        text = few_shot_prefix(shots[len(shots) - k:]) + world.chat(prompt)
+        if len(encode(enc, text)) <= max_tokens:
+            return text, k
+    raise ValueError(f"the prompt alone is over {max_tokens} tokens: {prompt[:60]!r}")
+
+
+def cut_at_new_turn(response):
+    """The base model continues a thread: after its answer it may start the next turn
+    ("\\nUser: ...") instead of emitting EOS. In a thread that is where an answer ends, so
+    the response is cut there and counted as ended: EOS is appended, as if it had been
+    emitted, and the gold labeler sees an answer that stopped."""
+    i = response.find("\nUser:")
+    return response if i < 0 else response[:i] + EOS
+
+
+# -----------------------------------------------------------------------------
+# running the models
+
+@torch.no_grad()
+def sample(model, enc, contexts, cfg, device, autocast, desc):
+    """One response per context text: left-padded batches (as common.encode_prompts makes
+    them, but from any text, so the base model can read its few-shot prefix), sampled with
+    the KV cache, decoded and cut after EOS."""
+    out = []
+    for i in tqdm(range(0, len(contexts), cfg.batch_size), desc=desc, leave=False):
+        rows = [encode(enc, c) for c in contexts[i:i + cfg.batch_size]]
+        T = max(len(r) for r in rows)
+        ids = torch.tensor([[enc.eot_token] * (T - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)
+        with autocast:
+            new = model.generate(ids, mask, max_new_tokens=cfg.max_new_tokens,
+                                 temperature=cfg.temperature, eos_id=enc.eot_token)  # (B, N)
+        out += decode_responses(enc, new, enc.eot_token)
+    return out
+
+
+def response_logprobs(model, ids, attention_mask, temperature):
+    """log-prob (B, T-1) of each token after the first, at the sampling temperature."""
+    logits = model(ids[:, :-1], attention_mask=attention_mask[:, :-1])  # (B, T-1, vocab)
+    return token_logprobs(logits / temperature, ids[:, 1:])
+
+
+@torch.no_grad()
+def response_kls(model, ref, enc, prompts, responses, cfg, device, autocast):
+    """kl_to_reference for every (prompt, response) in the chat format: (N,) on the CPU."""
+    kls = []
+    for i in range(0, len(prompts), cfg.batch_size):
+        ids, attn, resp = encode_pairs(enc, prompts[i:i + cfg.batch_size],
+                                       responses[i:i + cfg.batch_size], device,
+                                       ref.config.block_size)  # (B, T) each
+        with autocast:
+            logprobs = response_logprobs(model, ids, attn, cfg.temperature)
+            ref_logprobs = response_logprobs(ref, ids, attn, cfg.temperature)
+        # position t predicts token t+1, which counts when it is a response token
+        kls.append(kl_to_reference(logprobs, ref_logprobs, resp[:, 1:]).cpu())
+    return torch.cat(kls)
+
+
+@torch.no_grad()
+def heldout_loss(model, batches, autocast):
+    """Mean next-token loss on fixed batches of held-out corpus text: the alignment tax in
+    miniature (the paper measures regressions on public NLP tasks instead)."""
+    with autocast:
+        return float(np.mean([lm_loss(model, x, y).item() for x, y in batches]))
+
+
+# -----------------------------------------------------------------------------
+# tables
+
+def pct(x):
+    return "n/a" if x is None or x != x else f"{x:.0%}"  # x != x: NaN, a rate over nothing
+
+
+def num(x, spec=".3f"):
+    return "n/a" if x is None or x != x else format(x, spec)
+
+
+def cell(text):
+    return text.replace(EOS, " [EOS]").replace("|", "\\|").replace("\n", "<br>")
+
+
+def reading(m):
+    """A few lines setting the measured numbers beside the paper's, computed from `m`."""
+    best = next((n for n in ("ppo_ptx", "ppo", "dpo") if n in m), "sft")  # InstructGPT if made
+    a, w = m[best], m[best]["win_vs_sft"]
+    lines = [f"- {best} win rate vs SFT: {pct(w['rate'])} (95% CI {pct(w['lo'])}-{pct(w['hi'])})."]
+    if "base" in m:
+        b, w = m["base"], a["win_vs_base"]
+        lines.append(f"- {best} vs the few-shot base model: {pct(w['rate'])} (95% CI {pct(w['lo'])}-"
+                     f"{pct(w['hi'])}); paper: InstructGPT over few-shot GPT-3 71 ± 4%, over GPT-3 85 ± 3%.")
+        lines.append(f"- closed-domain hallucination: base {pct(b['hallucination'])} -> {best} "
+                     f"{pct(a['hallucination'])}; paper: 41% -> 21%.")
+        ratio = f", {a['truthful'] / b['truthful']:.1f}x" if b["truthful"] > 0 else ""
+        lines.append(f"- truthful: base {pct(b['truthful'])} -> {best} {pct(a['truthful'])}{ratio}; "
+                     "paper: about twice as often.")
+        change = (f", {a['toxic_on_rude'] / b['toxic_on_rude'] - 1:+.0%}"
+                  if b["toxic_on_rude"] > 0 else "")
+        lines.append(f"- toxic on rude requests: base {pct(b['toxic_on_rude'])} -> {best} "
+                     f"{pct(a['toxic_on_rude'])}{change}; paper: about 25% fewer toxic outputs.")
+    if "ppo" in m and "ppo_ptx" in m:
+        s, p, x = (m[n]["heldout_loss"] for n in ("sft", "ppo", "ppo_ptx"))
+        recovered = (f"PPO-ptx recovers {(p - x) / (p - s):.0%} of it" if p > s
+                     else "plain PPO paid no tax here")
+        lines.append(f"- alignment tax (held-out loss vs SFT's {s:.3f}): PPO {p - s:+.3f}, PPO-ptx "
+                     f"{x - s:+.3f}; {recovered}; paper: PPO regresses, PPO-ptx recovers most.")
+    lines.append(f"- held-out phrasings: {best} gold {num(a['held_out_phrasing'])} vs "
+                 f"{num(a['trained_phrasing'])} on trained ones; paper: it generalises to rare instructions.")
+    return lines
+
+
+def tables(m, samples, prompts, rows, cfg, notes):
+    """table.md: the main table, gold score per family, answers side by side, the reading."""
+    out = ["| model | gold score | win vs SFT [95% CI] | correct | hallucination | truthful | "
+           "toxic (rude) | toxic (all) | ends with EOS | length | held-out loss | KL to SFT |",
+           "|---" * 12 + "|"]
+    for n, r in m.items():
+        w = r["win_vs_sft"]
+        out.append(f"| {n} | {r['score']:.3f} | {pct(w['rate'])} [{pct(w['lo'])}, {pct(w['hi'])}] | "
+                   f"{pct(r['correct'])} | {pct(r['hallucination'])} | {pct(r['truthful'])} | "
+                   f"{pct(r['toxic_on_rude'])} | {pct(r['toxic'])} | {pct(r['ended'])} | "
+                   f"{r['length']:.1f} | {r['heldout_loss']:.3f} | {num(r['kl_to_sft'], '.2f')} |")
+    out += ["", f"{len(rows)} prompts x {cfg.n_samples} samples at temperature {cfg.temperature}. "
+            "Win: per prompt and sample index, 1 if the gold score beats SFT's, 0.5 for a tie; "
+            "Wilson 95% interval, ties as half a win. Length in tokens, EOS included. Held-out "
+            f"loss: {cfg.eval_batches} fixed batches of held-out corpus. KL: mean over the model's "
+            "own samples of the summed log-ratio to SFT (n/a for base: its samples come from "
+            "another context)."]
+    if "base" in m:
+        out.append(f"base: prompted with up to {cfg.n_shots} examples ({m['base']['shots']:.1f} fit "
+                   "in its context on average); an answer cut where it starts a new turn counts as ended.")
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
+    out += ["", "| gold score | " + " | ".join(m) + " |", "|---" * (len(m) + 1) + "|"]
+    for fam in world.FAMILIES:
+        out.append(f"| {fam} | " + " | ".join(num(r["families"].get(fam)) for r in m.values()) + " |")
+    for key in ("held_out_phrasing", "trained_phrasing"):
+        out.append(f"| {key.replace('_', ' ')}s | " + " | ".join(num(r[key]) for r in m.values()) + " |")
+    out += ["", "| prompt | " + " | ".join(m) + " |", "|---" * (len(m) + 1) + "|"]
+    for fam in world.FAMILIES:  # the first prompt of each family, sample 0
+        i = next((j for j, r in enumerate(rows) if r["family"] == fam), None)
+        if i is not None:
+            j = i * cfg.n_samples
+            out.append(f"| {cell(prompts[j])} | " + " | ".join(cell(samples[n][j]) for n in m) + " |")
+    return "\n".join(out + ["", "Against the paper:"] + reading(m)) + "\n"
+
+
+# -----------------------------------------------------------------------------
+
+def main(cfg):
+    device, autocast = setup(cfg)
+    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    rows = load_jsonl(os.path.join(cfg.data_dir, "eval_prompts.jsonl"), "prompts")
+    rows = rows[:cfg.n_prompts] if cfg.n_prompts else rows
+    _, val_tokens = load_corpus(cfg.data_dir, enc)
+    asked = {n.strip() for n in cfg.models.split(",") if n.strip()}
+    if asked - set(STAGES):
+        raise ValueError(f"--models: unknown {', '.join(sorted(asked - set(STAGES)))}; "
+                         f"known: {', '.join(STAGES)}")
+    # SFT is the baseline of the win rates and the reference of the KL: it must exist
+    ref, _ = load_checkpoint(os.path.join(cfg.ckpt_dir, STAGES["sft"][0]), device,
+                             make_cmd=STAGES["sft"][1], tokenizer=enc.name)
+    block_size = ref.config.block_size
+    # prompt i's k-th sample sits at i * n_samples + k, for every model alike
+    prompts = [r["prompt"] for r in rows for _ in range(cfg.n_samples)]
+    shots = few_shot_shots({r["prompt"] for r in rows}, cfg.n_shots, cfg.seed)
+    np.random.seed(cfg.seed)  # the same held-out windows for every model
+    tax_batches = [get_batch(val_tokens, cfg.batch_size, block_size, device)
+                   for _ in range(cfg.eval_batches)]
+
+    m, samples, scores, notes, sample_rows = {}, {}, {}, [], []
+    for name in [n for n in STAGES if n in asked | {"sft"}]:
+        path = os.path.join(cfg.ckpt_dir, STAGES[name][0])
+        if not os.path.exists(path):
+            notes.append(f"{name}: skipped, no {path}; make it with: {STAGES[name][1]}")
+            print(notes[-1])
+            continue
+        t0 = time.time()
+        model = ref if name == "sft" else load_checkpoint(path, device, tokenizer=enc.name)[0]
+        if name == "base":  # the paper's "GPT-3 prompted": a few-shot prefix, then the prompt
+            fitted = [few_shot_context(shots, p, enc, model.config.block_size - cfg.max_new_tokens)
+                      for p in prompts]
+            contexts = [text for text, _ in fitted]
+        else:
+            contexts = [world.chat(p) for p in prompts]
+        torch.manual_seed(cfg.seed)  # the same sampling noise for every model
+        responses = sample(model, enc, contexts, cfg, device, autocast, f"{name} sampling")
+        if name == "base":
+            responses = [cut_at_new_turn(r) for r in responses]
+        comps = [world.components(p, r) for p, r in zip(prompts, responses)]
+        rep = world.report(prompts, responses)
+        trained = [c["score"] for c in comps if not c["held_out"]]
+        keys = ("score", "correct", "hallucination", "truthful", "toxic_on_rude", "toxic", "ended")
+        m[name] = dict(
+            checkpoint=path, **{k: rep[k] for k in keys},
+            length=float(np.mean([len(encode(enc, r)) for r in responses])),  # EOS included
+            heldout_loss=heldout_loss(model, tax_batches, autocast),
+            kl_to_sft=(None if name == "base" else 0.0 if name == "sft" else  # see tables()
+                       response_kls(model, ref, enc, prompts, responses, cfg, device,
+                                    autocast).mean().item()),
+            families={f: s["score"] for f, s in rep["families"].items()},
+            held_out_phrasing=rep["held_out"]["score"],
+            trained_phrasing=float(np.mean(trained)) if trained else float("nan"),
+            shots=float(np.mean([k for _, k in fitted])) if name == "base" else None,
+            report=rep)
+        samples[name], scores[name] = responses, [c["score"] for c in comps]
+        sample_rows += [{"model": name, "sample": j % cfg.n_samples, "prompt": p, "response": r, **c}
+                        for j, (p, r, c) in enumerate(zip(prompts, responses, comps))]
+        print(f"{name}: gold {rep['score']:.3f} | correct {rep['correct']:.1%} | "
+              f"{time.time() - t0:.1f} s")
+
+    for name, r in m.items():
+        for baseline in ("sft", "base"):  # per prompt and sample index, judged by the gold labeler
+            if baseline in scores:
+                rate, lo, hi = win_rate(scores[name], scores[baseline])
+                r[f"win_vs_{baseline}"] = dict(rate=rate, lo=lo, hi=hi, n=len(prompts))
+    table = tables(m, samples, prompts, rows, cfg, notes)
+    print("\n" + table)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "table.md"), "w") as f:
+        f.write(table)
+    results = dict(config=dataclasses.asdict(cfg), n_prompts=len(rows), skipped=notes,
+                   shots=shots, interval="Wilson 95%, ties as half a win", models=m)
+    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
+        # NaN (a rate over no cases) becomes null, so the file is strict JSON
+        json.dump(json.loads(json.dumps(results), parse_constant=lambda _: None), f, indent=1)
+    write_jsonl(os.path.join(cfg.out_dir, "samples.jsonl"), sample_rows)
+    print(f"wrote {cfg.out_dir}/table.md, results.json and samples.jsonl")
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_config(Config, sys.argv[1:], gpu=GPU))

@@ -1,0 +1,215 @@
+"""The shared plumbing in common.py: config parsing, batching prompts and responses into
+left-padded token tensors, decoding sampled tokens, and the JSONL files. CPU only."""
+
+import dataclasses
+import json
+import os
+import random
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import (ConfigError, Logger, decode_responses, encode_pairs,  # noqa: E402
+                    encode_prompts, parse_config, write_jsonl)
+from data import world  # noqa: E402
+from data.tokenizer import EOS, encode, get_tokenizer, save_ranks, train_bpe  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@dataclasses.dataclass
+class Config:
+    device: str = "cpu"
+    seed: int = 1337
+    lr: float = 3e-4
+    batch_size: int = 8
+    compile: bool = False
+    out_dir: str = "out/test"
+
+
+GPU = {"batch_size": 64, "lr": 1e-3, "compile": True}
+
+
+# -----------------------------------------------------------------------------
+# parse_config
+
+def test_defaults():
+    assert parse_config(Config, []) == Config()
+
+
+def test_overrides_and_types():
+    cfg = parse_config(Config, ["--seed=7", "--lr=1e-2", "--compile=true", "--out_dir=a=b/c",
+                                "--batch-size=3"])
+    assert cfg == Config(seed=7, lr=0.01, compile=True, out_dir="a=b/c", batch_size=3)
+    assert type(cfg.seed) is int and type(cfg.lr) is float and type(cfg.compile) is bool
+    assert parse_config(Config, ["--lr=2"]).lr == 2.0
+    assert type(parse_config(Config, ["--lr=2"]).lr) is float
+    for text, value in [("1", True), ("yes", True), ("On", True), ("0", False), ("False", False),
+                        ("no", False), ("off", False)]:
+        assert parse_config(Config, [f"--compile={text}"]).compile is value
+    assert parse_config(Config, ["--out_dir="]).out_dir == ""
+    # the last of a repeated option wins
+    assert parse_config(Config, ["--seed=1", "--seed=2"]).seed == 2
+
+
+def test_string_annotations():
+    # under `from __future__ import annotations` a field's type is the string "int"
+    cls = dataclasses.make_dataclass("C", [("n", "int", 1), ("x", "float", 0.5),
+                                           ("on", "bool", False)])
+    cfg = parse_config(cls, ["--n=4", "--x=0.25", "--on=true"])
+    assert (cfg.n, cfg.x, cfg.on) == (4, 0.25, True)
+    with pytest.raises(ConfigError, match="--n"):
+        parse_config(cls, ["--n=four"])
+
+
+def test_unknown_option_suggests():
+    with pytest.raises(ConfigError) as e:
+        parse_config(Config, ["--bach_size=4"])
+    message = str(e.value)
+    assert "--bach_size" in message and "did you mean --batch_size?" in message
+    with pytest.raises(ConfigError, match="unknown option --zzz") as e:
+        parse_config(Config, ["--zzz=1"])
+    assert "did you mean" not in str(e.value)
+
+
+@pytest.mark.parametrize("arg,option", [
+    ("--seed=1.5", "--seed"), ("--seed=abc", "--seed"), ("--batch_size=", "--batch_size"),
+    ("--lr=fast", "--lr"), ("--compile=maybe", "--compile"), ("--compile=", "--compile"),
+])
+def test_wrong_type_names_option(arg, option):
+    with pytest.raises(ConfigError, match=option):
+        parse_config(Config, [arg])
+
+
+@pytest.mark.parametrize("arg", ["--seed", "seed=3", "-seed=3", "3", ""])
+def test_malformed_argument(arg):
+    with pytest.raises(ConfigError, match="--name=value"):
+        parse_config(Config, [arg])
+
+
+def test_gpu_preset_only_on_cuda():
+    # an explicit device name is taken as given, so no GPU is needed to test this
+    assert parse_config(Config, ["--device=cpu"], gpu=GPU) == Config()
+    cfg = parse_config(Config, ["--device=cuda"], gpu=GPU)
+    assert (cfg.batch_size, cfg.lr, cfg.compile) == (64, 1e-3, True)
+    # the command line beats the preset
+    cfg = parse_config(Config, ["--device=cuda", "--batch_size=2"], gpu=GPU)
+    assert (cfg.batch_size, cfg.lr) == (2, 1e-3)
+    assert parse_config(Config, ["--device=mps"], gpu=GPU).batch_size == 8
+    if not torch.cuda.is_available():
+        assert parse_config(Config, ["--device=auto"], gpu=GPU).batch_size == 8
+
+
+# -----------------------------------------------------------------------------
+# batching and decoding
+
+@pytest.fixture(scope="module")
+def enc(tmp_path_factory):
+    rng = random.Random(0)
+    prompts = [world.make_prompt(rng, fam, 0) for fam in world.FAMILIES for _ in range(15)]
+    text = "\n".join(world.chat(p, world.good_response(p, rng)) for p in prompts)
+    path = str(tmp_path_factory.mktemp("tok") / "tokenizer.tiktoken")
+    save_ranks(train_bpe(text, 320), path)
+    return get_tokenizer(path)
+
+
+PROMPTS = ["What is 7 plus 5?", "Hi! Name three fruits. Thanks!",
+           "Text: Tom lives in Oslo. Tom has a pet cat.\nQuestion: Where does Tom live?"]
+RESPONSES = ["7 plus 5 is 12.", "Here are three fruits: apple, pear and plum. 🍐",
+             "Tom lives in Oslo." + EOS]
+
+
+def test_encode_prompts_left_pads(enc):
+    ids, mask = encode_prompts(enc, PROMPTS, "cpu")
+    lengths = [len(encode(enc, world.chat(p))) for p in PROMPTS]
+    assert ids.shape == mask.shape == (3, max(lengths))
+    assert ids.dtype == torch.long
+    for i, (p, n) in enumerate(zip(PROMPTS, lengths)):
+        T = ids.shape[1]
+        assert mask[i].tolist() == [0] * (T - n) + [1] * n
+        assert ids[i, :T - n].tolist() == [enc.eot_token] * (T - n)
+        assert enc.decode(ids[i, T - n:].tolist()) == world.chat(p)
+    # every row's last prompt token sits in the last column
+    assert (ids[:, -1] == ids[0, -1]).all() and enc.decode([ids[0, -1].item()]).endswith(":")
+
+
+@pytest.mark.parametrize("add_eos", [False, True])
+def test_encode_pairs(enc, add_eos):
+    ids, attn, resp = encode_pairs(enc, PROMPTS, RESPONSES, "cpu", block_size=200,
+                                   add_eos=add_eos)
+    B, T = ids.shape
+    assert attn.shape == resp.shape == (B, T) == (3, T)
+    assert (attn[:, -1] == 1).all()  # every row ends in the last column
+    assert (resp[:, -1] == 1).all()
+    for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
+        n_prompt = len(encode(enc, world.chat(p)))
+        n_resp = len(encode(enc, " " + r)) + add_eos
+        pad = T - n_prompt - n_resp
+        assert attn[i].tolist() == [0] * pad + [1] * (n_prompt + n_resp)
+        assert resp[i].tolist() == [0] * (pad + n_prompt) + [1] * n_resp
+        row = ids[i].tolist()
+        assert row[:pad] == [enc.eot_token] * pad
+        assert enc.decode(row[pad:pad + n_prompt]) == world.chat(p)
+        response_ids = ids[i][resp[i] == 1].tolist()
+        assert enc.decode(response_ids) == " " + r + (EOS if add_eos else "")
+        if add_eos or r.endswith(EOS):
+            assert response_ids[-1] == enc.eot_token
+        else:
+            assert response_ids[-1] != enc.eot_token
+        # the whole row reads as the chat transcript
+        assert enc.decode(row[pad:]) == world.chat(p, r) + (EOS if add_eos else "")
+    assert min(T - attn.sum(1)) == 0  # the longest row has no padding
+
+
+def test_encode_pairs_block_size(enc):
+    n = max(len(encode(enc, world.chat(p, r))) for p, r in zip(PROMPTS, RESPONSES))
+    encode_pairs(enc, PROMPTS, RESPONSES, "cpu", block_size=n)  # fits exactly
+    with pytest.raises(ValueError, match="block_size"):
+        encode_pairs(enc, PROMPTS, RESPONSES, "cpu", block_size=n - 1)
+    with pytest.raises(ValueError, match="block_size"):
+        encode_pairs(enc, PROMPTS, RESPONSES, "cpu", block_size=n, add_eos=True)
+
+
+def test_decode_responses(enc):
+    eos = enc.eot_token
+    ended = encode(enc, " Owls eat mice.")
+    rows = [ended + [eos] + encode(enc, " Cows eat grass.") + [eos],  # cut after the first EOS
+            [eos] + ended,                                            # EOS at once
+            ended + [eos]]
+    T = max(map(len, rows))
+    new_tokens = torch.tensor([r + [eos] * (T - len(r)) for r in rows])  # (B, T)
+    out = decode_responses(enc, new_tokens, eos)
+    assert out == ["Owls eat mice." + EOS, EOS, "Owls eat mice." + EOS]
+    assert world.components("What do owls eat?", out[0])["correct"]
+    # a response that never ended has no EOS text, so the gold labeler sees it did not end
+    unended = decode_responses(enc, torch.tensor([encode(enc, " Owls eat mice. Owls eat")]), eos)
+    assert unended == ["Owls eat mice. Owls eat"]
+    assert not world.components("What do owls eat?", unended[0])["ended"]
+
+
+# -----------------------------------------------------------------------------
+# files
+
+def test_write_jsonl(tmp_path):
+    rows = [{"prompt": "What is 7 plus 5?", "n": 1}, {"prompt": "Insult Tom. 🦉", "n": 2}]
+    path = tmp_path / "deep" / "rows.jsonl"
+    write_jsonl(str(path), rows)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows
+    assert os.listdir(path.parent) == ["rows.jsonl"]  # no temporary file left behind
+    write_jsonl(str(path), rows[:1])  # overwrites
+    assert len(path.read_text().splitlines()) == 1
+
+
+def test_logger(tmp_path, capsys):
+    path = tmp_path / "logs" / "log.jsonl"
+    log = Logger(str(path))
+    log.log(10, loss=1.23456, lr=3e-4, note="ok")
+    log.log(20, line=False, loss=0.5)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["step 10 | loss 1.235 | lr 0.0003 | note ok"]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20]
+    assert rows[0]["loss"] == 1.23456 and rows[0]["note"] == "ok" and rows[1]["loss"] == 0.5
+    assert all(isinstance(r["time"], float) for r in rows)
