@@ -63,6 +63,8 @@ def parse_config(cls, argv=None, gpu=None):
     cfg = cls(**given)
     if gpu and "device" in fields and resolve_device(cfg.device) == "cuda":
         for name, value in gpu.items():
+            if name not in fields:
+                raise ConfigError(f"the GPU preset sets unknown option {name!r}")
             if name not in given:
                 setattr(cfg, name, value)
     return cfg

@@ -113,8 +113,7 @@ def few_shot_shots(exclude, n_shots=3, seed=0):
 
 
 def few_shot_prefix(shots):
-    """The exchanges in the chat format, joined by newlines as the corpus' forum threads are:
-    the text that goes before world.chat(prompt)."""
+    """The exchanges in the chat format, one per line as in the corpus' forum threads."""
     return "".join(world.chat(p, r) + "\n" for p, r in shots)
 
 
@@ -131,8 +130,7 @@ def few_shot_context(shots, prompt, enc, max_tokens):
 def cut_at_new_turn(response):
     """The base model continues a thread: after its answer it may start the next turn
     ("\\nUser: ...") instead of emitting EOS. In a thread that is where an answer ends, so
-    the response is cut there and counted as ended: EOS is appended, as if it had been
-    emitted, and the gold labeler sees an answer that stopped."""
+    the response is cut there and counts as ended: EOS is appended, as if it had been emitted."""
     i = response.find("\nUser:")
     return response if i < 0 else response[:i] + EOS
 
@@ -158,25 +156,20 @@ def sample(model, enc, contexts, cfg, device, autocast, desc):
     return out
 
 
-def response_logprobs(model, ids, attention_mask, temperature):
-    """log-prob (B, T-1) of each token after the first, at the sampling temperature."""
-    logits = model(ids[:, :-1], attention_mask=attention_mask[:, :-1])  # (B, T-1, vocab)
-    return token_logprobs(logits / temperature, ids[:, 1:])
-
-
 @torch.no_grad()
 def response_kls(model, ref, enc, prompts, responses, cfg, device, autocast):
-    """kl_to_reference for every (prompt, response) in the chat format: (N,) on the CPU."""
+    """kl_to_reference for every (prompt, response) in the chat format: (N,) on the CPU.
+    Log-probs at the sampling temperature, the distribution the responses came from."""
     kls = []
     for i in range(0, len(prompts), cfg.batch_size):
         ids, attn, resp = encode_pairs(enc, prompts[i:i + cfg.batch_size],
                                        responses[i:i + cfg.batch_size], device,
                                        ref.config.block_size)  # (B, T) each
-        with autocast:
-            logprobs = response_logprobs(model, ids, attn, cfg.temperature)
-            ref_logprobs = response_logprobs(ref, ids, attn, cfg.temperature)
-        # position t predicts token t+1, which counts when it is a response token
-        kls.append(kl_to_reference(logprobs, ref_logprobs, resp[:, 1:]).cpu())
+        with autocast:  # position t predicts token t+1: it counts when t+1 is a response token
+            logits = model(ids[:, :-1], attention_mask=attn[:, :-1]) / cfg.temperature  # (B, T-1, V)
+            ref_logits = ref(ids[:, :-1], attention_mask=attn[:, :-1]) / cfg.temperature
+        kls.append(kl_to_reference(token_logprobs(logits, ids[:, 1:]),        # (B, T-1) each
+                                   token_logprobs(ref_logits, ids[:, 1:]), resp[:, 1:]).cpu())
     return torch.cat(kls)
 
 
@@ -191,12 +184,8 @@ def heldout_loss(model, batches, autocast):
 # -----------------------------------------------------------------------------
 # tables
 
-def pct(x):
-    return "n/a" if x is None or x != x else f"{x:.0%}"  # x != x: NaN, a rate over nothing
-
-
-def num(x, spec=".3f"):
-    return "n/a" if x is None or x != x else format(x, spec)
+def fmt(x, spec=".0%"):
+    return "n/a" if x is None or x != x else format(x, spec)  # x != x: NaN, a rate over nothing
 
 
 def cell(text):
@@ -206,29 +195,29 @@ def cell(text):
 def reading(m):
     """A few lines setting the measured numbers beside the paper's, computed from `m`."""
     best = next((n for n in ("ppo_ptx", "ppo", "dpo") if n in m), "sft")  # InstructGPT if made
-    a, w = m[best], m[best]["win_vs_sft"]
-    lines = [f"- {best} win rate vs SFT: {pct(w['rate'])} (95% CI {pct(w['lo'])}-{pct(w['hi'])})."]
+    a, w, lines = m[best], m[best]["win_vs_sft"], []
+    if best != "sft":
+        lines.append(f"- {best} win rate vs SFT: {fmt(w['rate'])} "
+                     f"(95% CI {fmt(w['lo'])}-{fmt(w['hi'])}).")
     if "base" in m:
         b, w = m["base"], a["win_vs_base"]
-        lines.append(f"- {best} vs the few-shot base model: {pct(w['rate'])} (95% CI {pct(w['lo'])}-"
-                     f"{pct(w['hi'])}); paper: InstructGPT over few-shot GPT-3 71 ± 4%, over GPT-3 85 ± 3%.")
-        lines.append(f"- closed-domain hallucination: base {pct(b['hallucination'])} -> {best} "
-                     f"{pct(a['hallucination'])}; paper: 41% -> 21%.")
-        ratio = f", {a['truthful'] / b['truthful']:.1f}x" if b["truthful"] > 0 else ""
-        lines.append(f"- truthful: base {pct(b['truthful'])} -> {best} {pct(a['truthful'])}{ratio}; "
-                     "paper: about twice as often.")
-        change = (f", {a['toxic_on_rude'] / b['toxic_on_rude'] - 1:+.0%}"
-                  if b["toxic_on_rude"] > 0 else "")
-        lines.append(f"- toxic on rude requests: base {pct(b['toxic_on_rude'])} -> {best} "
-                     f"{pct(a['toxic_on_rude'])}{change}; paper: about 25% fewer toxic outputs.")
+        lines.append(f"- {best} vs the few-shot base model: {fmt(w['rate'])} (95% CI {fmt(w['lo'])}-"
+                     f"{fmt(w['hi'])}); paper: InstructGPT over few-shot GPT-3 71 ± 4%, "
+                     "over GPT-3 85 ± 3%.")
+        for key, paper in (("hallucination", "41% -> 21% on closed-domain tasks"),
+                           ("truthful", "about twice as often"),
+                           ("toxic_on_rude", "about 25% fewer toxic outputs")):
+            change = f" ({a[key] / b[key] - 1:+.0%})" if b[key] > 0 else ""
+            lines.append(f"- {key}: base {fmt(b[key])} -> {best} {fmt(a[key])}{change}; paper: {paper}.")
     if "ppo" in m and "ppo_ptx" in m:
         s, p, x = (m[n]["heldout_loss"] for n in ("sft", "ppo", "ppo_ptx"))
-        recovered = (f"PPO-ptx recovers {(p - x) / (p - s):.0%} of it" if p > s
+        recovered = (f"PPO-ptx recovers {(p - x) / (p - s):.0%} of PPO's" if p > s
                      else "plain PPO paid no tax here")
         lines.append(f"- alignment tax (held-out loss vs SFT's {s:.3f}): PPO {p - s:+.3f}, PPO-ptx "
                      f"{x - s:+.3f}; {recovered}; paper: PPO regresses, PPO-ptx recovers most.")
-    lines.append(f"- held-out phrasings: {best} gold {num(a['held_out_phrasing'])} vs "
-                 f"{num(a['trained_phrasing'])} on trained ones; paper: it generalises to rare instructions.")
+    lines.append(f"- held-out phrasings: {best} gold {fmt(a['held_out_phrasing'], '.3f')} vs "
+                 f"{fmt(a['trained_phrasing'], '.3f')} on trained ones; "
+                 "paper: it generalises to instructions rare in its training data.")
     return lines
 
 
@@ -239,10 +228,10 @@ def tables(m, samples, prompts, rows, cfg, notes):
            "|---" * 12 + "|"]
     for n, r in m.items():
         w = r["win_vs_sft"]
-        out.append(f"| {n} | {r['score']:.3f} | {pct(w['rate'])} [{pct(w['lo'])}, {pct(w['hi'])}] | "
-                   f"{pct(r['correct'])} | {pct(r['hallucination'])} | {pct(r['truthful'])} | "
-                   f"{pct(r['toxic_on_rude'])} | {pct(r['toxic'])} | {pct(r['ended'])} | "
-                   f"{r['length']:.1f} | {r['heldout_loss']:.3f} | {num(r['kl_to_sft'], '.2f')} |")
+        out.append(f"| {n} | {r['score']:.3f} | {fmt(w['rate'])} [{fmt(w['lo'])}, {fmt(w['hi'])}] | "
+                   f"{fmt(r['correct'])} | {fmt(r['hallucination'])} | {fmt(r['truthful'])} | "
+                   f"{fmt(r['toxic_on_rude'])} | {fmt(r['toxic'])} | {fmt(r['ended'])} | "
+                   f"{r['length']:.1f} | {r['heldout_loss']:.3f} | {fmt(r['kl_to_sft'], '.2f')} |")
     out += ["", f"{len(rows)} prompts x {cfg.n_samples} samples at temperature {cfg.temperature}. "
             "Win: per prompt and sample index, 1 if the gold score beats SFT's, 0.5 for a tie; "
             "Wilson 95% interval, ties as half a win. Length in tokens, EOS included. Held-out "
@@ -256,9 +245,11 @@ def tables(m, samples, prompts, rows, cfg, notes):
         out += [""] + [f"- {n}" for n in notes]
     out += ["", "| gold score | " + " | ".join(m) + " |", "|---" * (len(m) + 1) + "|"]
     for fam in world.FAMILIES:
-        out.append(f"| {fam} | " + " | ".join(num(r["families"].get(fam)) for r in m.values()) + " |")
-    for key in ("held_out_phrasing", "trained_phrasing"):
-        out.append(f"| {key.replace('_', ' ')}s | " + " | ".join(num(r[key]) for r in m.values()) + " |")
+        out.append(f"| {fam} | " + " | ".join(fmt(r["families"].get(fam), ".3f")
+                                             for r in m.values()) + " |")
+    for key in ("held_out_phrasing", "trained_phrasing"):  # generalisation to unseen instructions
+        out.append(f"| {key.replace('_', ' ')}s | " + " | ".join(fmt(r[key], ".3f")
+                                                               for r in m.values()) + " |")
     out += ["", "| prompt | " + " | ".join(m) + " |", "|---" * (len(m) + 1) + "|"]
     for fam in world.FAMILIES:  # the first prompt of each family, sample 0
         i = next((j for j, r in enumerate(rows) if r["family"] == fam), None)
@@ -296,7 +287,6 @@ def main(cfg):
         path = os.path.join(cfg.ckpt_dir, STAGES[name][0])
         if not os.path.exists(path):
             notes.append(f"{name}: skipped, no {path}; make it with: {STAGES[name][1]}")
-            print(notes[-1])
             continue
         t0 = time.time()
         model = ref if name == "sft" else load_checkpoint(path, device, tokenizer=enc.name)[0]
@@ -318,7 +308,8 @@ def main(cfg):
             checkpoint=path, **{k: rep[k] for k in keys},
             length=float(np.mean([len(encode(enc, r)) for r in responses])),  # EOS included
             heldout_loss=heldout_loss(model, tax_batches, autocast),
-            kl_to_sft=(None if name == "base" else 0.0 if name == "sft" else  # see tables()
+            # base: n/a, its samples come from another context (the few-shot prefix)
+            kl_to_sft=(None if name == "base" else 0.0 if name == "sft" else
                        response_kls(model, ref, enc, prompts, responses, cfg, device,
                                     autocast).mean().item()),
             families={f: s["score"] for f, s in rep["families"].items()},
@@ -340,14 +331,14 @@ def main(cfg):
     table = tables(m, samples, prompts, rows, cfg, notes)
     print("\n" + table)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "table.md"), "w") as f:
-        f.write(table)
     results = dict(config=dataclasses.asdict(cfg), n_prompts=len(rows), skipped=notes,
                    shots=shots, interval="Wilson 95%, ties as half a win", models=m)
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         # NaN (a rate over no cases) becomes null, so the file is strict JSON
         json.dump(json.loads(json.dumps(results), parse_constant=lambda _: None), f, indent=1)
     write_jsonl(os.path.join(cfg.out_dir, "samples.jsonl"), sample_rows)
+    with open(os.path.join(cfg.out_dir, "table.md"), "w") as f:  # last: pipeline.py looks for it
+        f.write(table)
     print(f"wrote {cfg.out_dir}/table.md, results.json and samples.jsonl")
     return results
 

@@ -45,15 +45,15 @@ class Config:
     dropout: float = 0.0
     use_sdpa: bool = False           # PyTorch's fused attention instead of the written-out one
     # optimisation
-    batch_size: int = 32
-    max_iters: int = 1500
+    batch_size: int = 16
+    max_iters: int = 1000
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_iters: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     # reporting
-    eval_interval: int = 250
+    eval_interval: int = 200
     eval_iters: int = 20
     log_interval: int = 50
     n_eval_prompts: int = 240        # base model's answers scored by the gold labeler at the end

@@ -30,7 +30,7 @@ class Config:
     data_dir: str = "out/data"
     policy: str = "out/sft.pt"       # made by: python sft.py
     out: str = "out/comparisons.jsonl"
-    k: int = 4                       # responses per prompt, 4 to 9 as in the paper
+    k: int = 6                       # responses per prompt, 4 to 9 as in the paper
     temperature: float = 1.0
     max_new_tokens: int = 48
     batch_size: int = 128            # sequences generated at once

@@ -36,7 +36,7 @@ class Config:
     n_docs: int = 60000          # documents in the pretraining corpus
     n_sft: int = 2000            # SFT demonstrations (the paper had 13k)
     n_sft_val: int = 200
-    n_rm: int = 1000             # prompts whose samples the labelers rank
+    n_rm: int = 1500             # prompts whose samples the labelers rank
     n_ppo: int = 1500
     n_eval: int = 240            # 40 per family, a third in the held-out phrasing
     vocab_size: int = 2048

@@ -241,7 +241,7 @@ def make_world(tmp_path, nan_reward=False):
             rm.score_head.bias.fill_(float("nan"))
     save_checkpoint(str(tmp_path / "reward.pt"), rm, {}, 0, enc.name, score_std=1.0)
     return Config(data_dir=str(data), sft=str(tmp_path / "sft.pt"), reward=str(tmp_path / "reward.pt"),
-                  device="cpu", iters=10, batch_size=32, max_new_tokens=8, minibatch_size=16,
+                  device="cpu", iters=10, batch_size=32, max_new_tokens=8, minibatch_size=16, update_epochs=4,
                   lr=3e-3, vf_lr=3e-3, ptx_batch_size=4, sample_every=0)
 
 
