@@ -5,13 +5,17 @@ only flake). Prints medians over repeats, for the CPU and GPU presets:
   training tokens/s and peak memory (pretraining step: forward, backward, AdamW)
   generation tokens/s with and without the KV cache (128 new tokens)
   the written-out attention against PyTorch's fused scaled_dot_product_attention
+  a PPO iteration and its split between rollout (sampling) and the rest (scoring and
+  update), if out/sft.pt and out/reward.pt exist (python pipeline.py makes them)
 
 Run:  python bench.py                 # presets that fit this device
       python bench.py --preset=cpu --repeats=5
 Random weights and tokens: speed does not depend on what the model knows.
 """
 import dataclasses
+import os
 import resource
+import tempfile
 import statistics
 import sys
 import time
@@ -32,6 +36,7 @@ class Config:
     train_steps: int = 5       # steps per timed training repeat
     new_tokens: int = 128      # generated tokens per row
     gen_batch: int = 16
+    ppo_iters: int = 4         # PPO iterations timed on the real checkpoints (0: skip)
 
 
 def sync(device):
@@ -114,6 +119,27 @@ def main(cfg):
             uncached = bench_generation(preset, device, cfg, False)
             print(f"| {preset} | {n / 1e6:.2f}M | {attention} | {tps:,.0f} | {mem:,.0f} | "
                   f"{cached:,.0f} | {uncached:,.0f} | {cached / uncached:.1f}x |", flush=True)
+    if cfg.ppo_iters and os.path.exists("out/sft.pt") and os.path.exists("out/reward.pt"):
+        bench_ppo(device, cfg)
+    elif cfg.ppo_iters:
+        print("PPO timing skipped: out/sft.pt and out/reward.pt are made by: python pipeline.py")
+
+
+def bench_ppo(device, cfg):
+    """A few real PPO iterations (CPU or GPU preset by device) on the pipeline's checkpoints."""
+    import ppo
+    ppo_cfg = ppo.Config(iters=cfg.ppo_iters, sample_every=0, device=device,
+                         out=os.path.join(tempfile.mkdtemp(), "ppo.pt"))
+    if device == "cuda":
+        ppo_cfg = dataclasses.replace(ppo_cfg, **ppo.GPU, iters=cfg.ppo_iters)
+    history = ppo.main(ppo_cfg)[1:]  # the first iteration warms up
+    per_iter = statistics.median(h["s_per_iter"] for h in history)
+    # rollout seconds = tokens generated / rollout tokens per second
+    rollout = statistics.median(h["resp_len"] * ppo_cfg.batch_size / h["rollout_tok_s"] for h in history)
+    print(f"PPO ({ppo_cfg.batch_size} prompts per iteration): {per_iter:.2f} s per iteration, "
+          f"rollout {rollout:.2f} s ({rollout / per_iter:.0%}), scoring and update "
+          f"{per_iter - rollout:.2f} s; rollout "
+          f"{statistics.median(h['rollout_tok_s'] for h in history):,.0f} tokens/s")
 
 
 if __name__ == "__main__":

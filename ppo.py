@@ -20,11 +20,11 @@ It needs out/sft.pt (python sft.py) and out/reward.pt (python reward.py).
 Simplified (exercises):
 - one response per prompt; the RM score is divided by the RM's own std on the
   demonstrations but not whitened per batch; no entropy bonus;
-- constant learning rates (lm-human-preferences anneals them to zero), no early stop
-  of the epochs when the approx KL grows too large;
-- rollout and update alternate on one device; the four models are full copies
-  (the paper's value model is also a separate network; sharing a body would save memory);
-- responses end only at EOS or max_new_tokens (Stiennon et al. also cut at a newline).
+- constant learning rates (CleanRL anneals them linearly to zero); no early stop of the
+  epochs when the approx KL grows too large;
+- rollout and update alternate on one device; the four models are full copies (as in
+  the paper the value model is its own network; sharing a body would save memory);
+- responses end only at EOS or at max_new_tokens.
 """
 import dataclasses
 import os
@@ -62,8 +62,8 @@ class Config:
     # reward = score - beta * KL (InstructGPT eq. 2), advantages by GAE
     beta: float = 0.02               # KL coefficient, the paper's value
     adaptive_kl: bool = False        # adapt beta toward kl_target (Ziegler et al. 2019)
-    kl_target: float = 6.0           # nats per response (Ziegler et al.'s value)
-    kl_horizon: int = 10000          # episodes over which beta adapts
+    kl_target: float = 6.0           # nats per response
+    kl_horizon: int = 10000          # episodes over which beta adapts (Ziegler et al.: 10000)
     gamma: float = 1.0               # discount
     lam: float = 0.95                # GAE lambda
     # PPO update
@@ -125,7 +125,7 @@ def kl_penalty_rewards(logprobs, ref_logprobs, scores, mask, beta):
 
 
 def compute_gae(rewards, values, mask, gamma=1.0, lam=0.95):
-    """Generalised advantage estimation (Schulman et al. 2016, eqs. 11-16), backwards:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16), backwards:
     delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1},
     where V and A are 0 after a response's last token. rewards, values, mask (B, N).
     Returns advantages (B, N) (0 where masked) and returns = advantages + values."""
@@ -182,7 +182,7 @@ def ptx_loss(logits, targets, ptx_coef):
     response tokens of whitened advantages (std 1) and this is a mean over pretraining
     tokens, so ptx_coef = 1 weighs a pretraining token like a response token whose
     advantage is one standard deviation: a pull back toward the pretraining distribution
-    of the same order as the RL signal, which grows only as the policy drifts from that
+    of the same order as the RL signal, which grows as the policy drifts from that
     distribution. Much larger and the update mostly re-pretrains; much smaller and the
     tax goes unchecked. The run ends by printing the held-out pretraining loss before
     and after: compare it with --ptx_coef=0."""

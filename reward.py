@@ -184,6 +184,7 @@ if __name__ == "__main__":
     logger.log(it, val_acc=acc, val_gold_acc=gold_acc, val_corr=corr, score_std=score_std)
     save_checkpoint(cfg.out, model, dataclasses.asdict(cfg), it, enc.name, score_std=score_std,
                     val_acc=acc, val_gold_acc=gold_acc)
-    print(f"saved {cfg.out}: held-out accuracy {acc:.1%} against the labelers (their agreement "
-          f"~73% is the ceiling), {gold_acc:.1%} against the gold order; correlation with the "
-          f"gold score {corr:.2f}; demonstrations score 0 +- {score_std:.3f}; {time.time() - t0:.0f} s")
+    print(f"saved {cfg.out}: held-out accuracy {acc:.1%} against the labelers (whose agreement "
+          f"with each other, printed by data.collect, is the ceiling), {gold_acc:.1%} against the "
+          f"gold order; correlation with the gold score {corr:.2f}; demonstrations score "
+          f"0 +- {score_std:.3f}; {time.time() - t0:.0f} s")

@@ -83,6 +83,8 @@ def test_make_pairs_expands_rankings_and_skips_identical():
     pairs = dpo.make_pairs(rows)
     assert len(pairs) == 5  # C(4,2) = 6, less the identical ("b", "b")
     assert ("p", "a", "c") in pairs and ("p", "b", "b") not in pairs
+    some = dpo.make_pairs(rows, pairs_per_prompt=2, rng=random.Random(0))
+    assert len(some) == 2 and set(some) <= set(pairs)
 
 
 def test_end_to_end_tiny(tmp_path):
