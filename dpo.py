@@ -136,13 +136,27 @@ def all_logprobs(model, enc, pairs, device, autocast, batch_size):
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def gold_order(prompt, chosen, rejected):
+    """+1 if the gold labeler prefers the chosen response, -1 the rejected, 0 a tie or a
+    prompt that is not of this world (a real data set has no gold labeler)."""
+    try:
+        diff = world.score(prompt, chosen) - world.score(prompt, rejected)
+    except ValueError:
+        return 0
+    return (diff > 0) - (diff < 0)
+
+
 def evaluate(model, enc, pairs, ref_chosen, ref_rejected, cfg, device, autocast):
-    """DPO loss, implicit-reward accuracy and mean margin over `pairs`."""
+    """DPO loss, implicit-reward accuracy and mean margin over `pairs`, and the accuracy
+    against the gold labeler's order (the labels are noisy; gold is the truth)."""
     chosen, rejected = all_logprobs(model, enc, pairs, device, autocast, cfg.batch_size)
     loss, r_c, r_r = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta)
     model.train()
+    gold = torch.tensor([gold_order(*pair) for pair in pairs])  # (N,)
+    gold_hits = (torch.sign(r_c - r_r) == gold)[gold != 0]
     return {"loss": loss.item(), "acc": (r_c > r_r).float().mean().item(),
-            "margin": (r_c - r_r).mean().item()}
+            "margin": (r_c - r_r).mean().item(),
+            "gold_acc": gold_hits.float().mean().item() if len(gold_hits) else float("nan")}
 
 
 def main(cfg):
@@ -210,11 +224,13 @@ def main(cfg):
             it += 1
         val = evaluate(model, enc, val_pairs, val_ref_chosen, val_ref_rejected, cfg, device, autocast)
         logger.log(it, epoch=epoch, val_loss=val["loss"], val_acc=val["acc"],
-                   val_margin=val["margin"], seconds=round(time.time() - t0, 1))
+                   val_gold_acc=val["gold_acc"], val_margin=val["margin"],
+                   seconds=round(time.time() - t0, 1))
     save_checkpoint(cfg.out, model, dataclasses.asdict(cfg), it, enc.name, val_loss=val["loss"],
-                    val_acc=val["acc"], beta=cfg.beta)
+                    val_acc=val["acc"], val_gold_acc=val["gold_acc"], beta=cfg.beta)
     print(f"saved {cfg.out}: held-out loss {val['loss']:.4f} (log 2 = 0.6931 at the start), "
-          f"implicit-reward accuracy {val['acc']:.1%}, margin {val['margin']:.3f}; "
+          f"implicit-reward accuracy {val['acc']:.1%} (labels) {val['gold_acc']:.1%} (gold), "
+          f"margin {val['margin']:.3f}; "
           f"{time.time() - t0:.0f} s")
 
     # 4. The gold labeler's verdict on the held-out evaluation prompts, SFT beside DPO.

@@ -111,7 +111,7 @@ def test_end_to_end_tiny(tmp_path):
                      device="cpu", epochs=3, batch_size=16, lr=3e-3, min_lr=3e-4,
                      warmup_iters=2, n_eval_prompts=4, max_new_tokens=8)
     val = dpo.main(cfg)
-    assert set(val) == {"loss", "acc", "margin"}
+    assert set(val) == {"loss", "acc", "margin", "gold_acc"}
 
     # on the training pairs, the trained policy beats the log 2 of the start
     rows = load_comparisons(comparisons)

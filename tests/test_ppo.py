@@ -192,9 +192,17 @@ def test_ratio_is_one_at_the_first_minibatch():
     # the log-probs the sampler drew from agree with the full forward pass at the same temperature
     torch.testing.assert_close(sample_logprobs[mask], old[mask], atol=1e-5, rtol=0)
     new = token_logprobs(response_logits(model, query_response, attention_mask, 5, T), responses)
-    loss, clipfrac, approx_kl = policy_loss(new, old, torch.randn(6, 10)[:, :responses.size(1)], mask)
+    advantages = torch.randn_like(old)
+    loss, clipfrac, approx_kl = policy_loss(new, old, advantages, mask)
     assert torch.equal(new, old)  # same model, same inputs: ratio exactly 1
     assert clipfrac.item() == 0 and approx_kl.item() == 0
+    assert loss.item() == pytest.approx(-advantages[mask].mean().item(), abs=1e-6)
+    # other token ids in the prompt's left padding and after EOS change no valid log-prob
+    valid = attention_mask.bool()
+    scrambled = torch.where(valid, query_response, torch.randint_like(query_response, 4, 40))
+    with torch.no_grad():
+        other = token_logprobs(response_logits(model, scrambled, attention_mask, 5, T), scrambled[:, 5:])
+    torch.testing.assert_close(other[mask], old[mask], atol=1e-5, rtol=0)
     # a minibatch of the rollout gives the same log-probs as the full batch did
     mb = torch.tensor([4, 1, 2])
     mb_new = token_logprobs(response_logits(model, query_response[mb], attention_mask[mb], 5, T), responses[mb])
