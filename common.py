@@ -214,3 +214,25 @@ def encode_pairs(enc, prompts, responses, device, block_size, add_eos=False):
         resp.append([0] * (pad + len(p)) + [1] * len(r))
     as_tensor = lambda x: torch.tensor(x, device=device)
     return as_tensor(ids), as_tensor(attn), as_tensor(resp)
+
+
+def gold_check(models, enc, data_dir, n_prompts, max_new_tokens, device, seed, logger=None, step=0):
+    """Each model of `models` (name -> model) answers the first n_prompts held-out evaluation
+    prompts at temperature 1, from the same seed, and the gold labeler's report is printed:
+    the end-of-stage check that a stage did what it should. Returns the prompts and the
+    last model's responses."""
+    from data import world
+    from data.loader import load_jsonl
+    rows = load_jsonl(os.path.join(data_dir, "eval_prompts.jsonl"), "prompts")
+    prompts = [r["prompt"] for r in rows[:n_prompts]]
+    for name, model in models.items():
+        torch.manual_seed(seed)  # same sampling noise for every model
+        responses = sample_responses(model, enc, prompts, max_new_tokens, device=device)
+        report = world.report(prompts, responses)
+        print(f"\n{name} model on {len(prompts)} evaluation prompts (temperature 1):")
+        print(world.format_report(report))
+        if logger:
+            logger.log(step, line=False, model=name, gold=report)
+    for p, r in list(zip(prompts, responses))[:3]:
+        print(f"--- {p!r}\n    {name} -> {r!r}")
+    return prompts, responses

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, encode_pairs, parse_config, sample_responses, setup
+from common import Logger, encode_pairs, gold_check, parse_config, setup
 from data import world
-from data.loader import load_comparisons, load_jsonl
+from data.loader import load_comparisons
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint, save_checkpoint, token_logprobs
 
@@ -235,18 +235,9 @@ def main(cfg):
 
     # 4. The gold labeler's verdict on the held-out evaluation prompts, SFT beside DPO.
     if cfg.n_eval_prompts:
-        rows = load_jsonl(os.path.join(cfg.data_dir, "eval_prompts.jsonl"), "prompts")
-        prompts = [r["prompt"] for r in rows[: cfg.n_eval_prompts]]
         sft, _ = load_checkpoint(cfg.init, device)
-        for name, m in (("sft", sft), ("dpo", model)):
-            torch.manual_seed(cfg.seed)  # same sampling noise for both
-            responses = sample_responses(m, enc, prompts, cfg.max_new_tokens, device=device)
-            rep = world.report(prompts, responses)
-            print(f"\n{name} model on {len(prompts)} evaluation prompts (temperature 1):")
-            print(world.format_report(rep))
-            logger.log(it, line=False, model=name, gold=rep)
-        for p, r in list(zip(prompts, responses))[:3]:
-            print(f"--- {p!r}\n    dpo -> {r!r}")
+        gold_check({"sft": sft, "dpo": model}, enc, cfg.data_dir, cfg.n_eval_prompts,
+                   cfg.max_new_tokens, device, cfg.seed, logger, it)
     return val
 
 

@@ -28,8 +28,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import Logger, encode_pairs, parse_config, sample_responses, setup
-from data import world
+from common import Logger, encode_pairs, gold_check, parse_config, setup
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint, save_checkpoint, token_logprobs
@@ -145,15 +144,6 @@ if __name__ == "__main__":
 
     # The gold labeler's verdict on the held-out evaluation prompts, base model beside SFT.
     if cfg.n_eval_prompts:
-        rows = load_jsonl(os.path.join(cfg.data_dir, "eval_prompts.jsonl"), "prompts")
-        prompts = [r["prompt"] for r in rows[: cfg.n_eval_prompts]]
         base, _ = load_checkpoint(cfg.init, device)
-        for name, m in (("base", base), ("sft", model)):
-            torch.manual_seed(cfg.seed)  # same sampling noise for both
-            responses = sample_responses(m, enc, prompts, cfg.max_new_tokens, device=device)
-            rep = world.report(prompts, responses)
-            print(f"\n{name} model on {len(prompts)} evaluation prompts (temperature 1):")
-            print(world.format_report(rep))
-            logger.log(it, line=False, model=name, gold=rep)
-        for p, r in list(zip(prompts, responses))[:3]:
-            print(f"--- {p!r}\n    sft -> {r!r}")
+        gold_check({"base": base, "sft": model}, enc, cfg.data_dir, cfg.n_eval_prompts,
+                   cfg.max_new_tokens, device, cfg.seed, logger, it)
