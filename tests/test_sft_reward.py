@@ -1,0 +1,134 @@
+"""SFT's masked loss, the reward model's pairwise loss (InstructGPT eq. 1) and its reading of
+the last token, and tiny end-to-end runs of sft.py, data.collect and reward.py."""
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common import encode_pairs
+from data import generate
+from data.tokenizer import get_tokenizer
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from reward import pairwise_loss, ranking_batch, score_responses
+from sft import sft_loss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_sft_loss_hand_computation():
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 0.0, 0.0], [0.5, 0.5, 3.0]]])  # (1, 3, 3)
+    targets = torch.tensor([[2, 0, 1]])
+    mask = torch.tensor([[0.0, 1.0, 1.0]])  # the first position is prompt
+    logp = F.log_softmax(logits, -1)
+    expected = -(logp[0, 1, 0] + logp[0, 2, 1]) / 2
+    assert torch.allclose(sft_loss(logits, targets, mask), expected)
+
+
+def test_sft_prompt_tokens_give_exactly_zero_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    targets = torch.randint(0, 7, (2, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 0]], dtype=torch.float)
+    sft_loss(logits, targets, mask).backward()
+    assert torch.all(logits.grad[mask == 0] == 0)
+    assert torch.all(logits.grad[mask == 1].abs().sum(-1) > 0)
+
+
+def test_pairwise_loss_equals_naive_pair_by_pair():
+    torch.manual_seed(0)
+    B, K = 3, 5
+    rewards = torch.randn(B, K)
+    rows = [{"prompt": "p", "responses": [f"r{i}" for i in range(K)]} for _ in range(B)]
+    rows[1]["responses"] = rows[1]["responses"][:3]  # a ranking of 3 among rankings of 5
+    _, _, valid, pair_mask = ranking_batch(rows)
+    naive = []
+    for b, row in enumerate(rows):
+        k = len(row["responses"])
+        pairs = list(itertools.combinations(range(k), 2))  # (better, worse)
+        naive.append(sum(-F.logsigmoid(rewards[b, i] - rewards[b, j]) for i, j in pairs) / len(pairs))
+    assert torch.allclose(pairwise_loss(rewards, pair_mask), torch.stack(naive).mean())
+    assert valid.sum().item() == 5 + 3 + 5
+
+
+def test_identical_responses_are_not_compared():
+    rows = [{"prompt": "p", "responses": ["a", "a", "b"]}]
+    _, _, _, pair_mask = ranking_batch(rows)
+    assert not pair_mask[0, 0, 1] and pair_mask[0, 0, 2] and pair_mask[0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def world_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    cfg = generate.Config(n_docs=200, n_sft=48, n_sft_val=8, n_rm=12, n_ppo=12, n_eval=12,
+                          vocab_size=300, out_dir=str(out / "data"))
+    generate.main(cfg)
+    enc = get_tokenizer(os.path.join(cfg.out_dir, "tokenizer.tiktoken"))
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(vocab_size=enc.n_vocab, block_size=192, n_layer=1, n_head=2, n_embd=32))
+    save_checkpoint(str(out / "pretrain.pt"), base, {}, 0, enc.name)
+    return out, enc
+
+
+def test_reward_score_is_read_at_the_last_token_whatever_the_padding(world_data):
+    out, enc = world_data
+    rm, _ = load_checkpoint(str(out / "pretrain.pt"), scalar_head=True)
+    prompts = ["What is 1 plus 2?", "Text: Tom lives in Oslo.\nQuestion: Where does Tom live?"]
+    responses = ["3.<|endoftext|>", "Tom lives in Oslo.<|endoftext|>"]
+    with torch.no_grad():
+        batched = score_responses(rm, enc, prompts, responses, "cpu")
+        alone = [score_responses(rm, enc, [p], [r], "cpu").item() for p, r in zip(prompts, responses)]
+        # right padding, read at each row's own last token, gives the same numbers
+        ids, attn, _ = encode_pairs(enc, prompts, responses, "cpu", 192)
+        lengths = attn.sum(1)
+        right = torch.stack([torch.cat([row[m == 1], row[m == 0]]) for row, m in zip(ids, attn)])
+        right_mask = (torch.arange(ids.size(1))[None] < lengths[:, None]).long()
+        scores = rm(right, attention_mask=right_mask)
+        right_scores = scores[torch.arange(2), lengths - 1]
+    assert torch.allclose(batched, torch.tensor(alone), atol=1e-5)
+    assert torch.allclose(right_scores, batched, atol=1e-5)
+
+
+def run(args, cwd):
+    result = subprocess.run([sys.executable] + args, cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_sft_collect_reward_end_to_end(world_data):
+    out, enc = world_data
+    d = f"--data_dir={out / 'data'}"
+    stdout = run([os.path.join(ROOT, "sft.py"), d, f"--init={out / 'pretrain.pt'}",
+                  f"--out={out / 'sft.pt'}", f"--best_out={out / 'sft_best.pt'}", "--epochs=2",
+                  "--batch_size=8", "--n_eval_prompts=6", "--device=cpu"], out)
+    assert "base model on 6 evaluation prompts" in stdout and "sft model" in stdout
+    log = [line for line in open(out / "sft_log.jsonl") if '"val_loss"' in line]
+    assert len(log) == 2  # one validation per epoch
+    run(["-m", "data.collect", d, f"--policy={out / 'sft.pt'}", f"--out={out / 'cmp.jsonl'}",
+         "--k=4", "--max_new_tokens=12", "--device=cpu"], ROOT)
+    stdout = run([os.path.join(ROOT, "reward.py"), d, f"--comparisons={out / 'cmp.jsonl'}",
+                  f"--init={out / 'sft.pt'}", f"--out={out / 'reward.pt'}", "--batch_size=4",
+                  "--val_frac=0.25", "--device=cpu"], out)
+    assert "held-out accuracy" in stdout
+    rm, ckpt = load_checkpoint(str(out / "reward.pt"))
+    assert rm.config.scalar_head and ckpt["score_std"] > 0
+    # the bias was set so that the demonstrations score 0 on average
+    import json
+    demos = [json.loads(line) for line in open(out / "data" / "sft.jsonl")]
+    with torch.no_grad():
+        s = score_responses(rm, enc, [x["prompt"] for x in demos], [x["completion"] for x in demos],
+                            "cpu", add_eos=True)
+    assert abs(s.mean().item()) < 1e-4
+
+
+def test_missing_checkpoint_names_the_command(world_data, tmp_path):
+    out, _ = world_data
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "reward.py"),
+                             f"--data_dir={out / 'data'}", f"--init={tmp_path / 'nope.pt'}",
+                             f"--comparisons={tmp_path / 'nope.jsonl'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "python -m data.collect" in result.stderr
