@@ -211,8 +211,12 @@ def reading(m):
             lines.append(f"- {key}: base {fmt(b[key])} -> {best} {fmt(a[key])}{change}; paper: {paper}.")
     if "ppo" in m and "ppo_ptx" in m:
         s, p, x = (m[n]["heldout_loss"] for n in ("sft", "ppo", "ppo_ptx"))
-        recovered = (f"PPO-ptx recovers {(p - x) / (p - s):.0%} of PPO's" if p > s
-                     else "plain PPO paid no tax here")
+        if p <= s:
+            recovered = "plain PPO paid no tax here"
+        elif x <= s:  # the pretraining mix undid more than PPO's tax: SFT's own tax too
+            recovered = "PPO-ptx ends below SFT's loss, undoing PPO's tax and some of SFT's"
+        else:
+            recovered = f"PPO-ptx recovers {(p - x) / (p - s):.0%} of PPO's"
         lines.append(f"- alignment tax (held-out loss vs SFT's {s:.3f}): PPO {p - s:+.3f}, PPO-ptx "
                      f"{x - s:+.3f}; {recovered}; paper: PPO regresses, PPO-ptx recovers most.")
     lines.append(f"- held-out phrasings: {best} gold {fmt(a['held_out_phrasing'], '.3f')} vs "
