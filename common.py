@@ -93,9 +93,7 @@ def setup(cfg):
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    # bf16 autocast on a GPU that has it; plain fp32 everywhere else
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16
-                else contextlib.nullcontext())
+    autocast = autocast_for(device)
     if device not in _announced:
         _announced.add(device)
         print(f"device: {device}, dtype: {'bfloat16 autocast' if bf16 else 'float32'}")
@@ -103,6 +101,7 @@ def setup(cfg):
 
 
 def autocast_for(device):
+    """bf16 autocast on a GPU that has it; plain fp32 everywhere else."""
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
