@@ -86,8 +86,16 @@ def resolve_device(name="auto"):
 _announced = set()
 
 
+# options that count passes, steps or examples: zero would train nothing yet save a model
+AT_LEAST_ONE = ("epochs", "max_iters", "iters", "batch_size", "minibatch_size", "update_epochs")
+
+
 def setup(cfg):
-    """Seed everything, pick the device and the autocast context; print the choice once."""
+    """Check the counting options, seed everything, pick the device and the autocast context;
+    print the choice once."""
+    for name in AT_LEAST_ONE:
+        if getattr(cfg, name, 1) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

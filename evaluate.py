@@ -48,6 +48,8 @@ STAGES = {  # name: (checkpoint file in ckpt_dir, the command that makes it)
     "ppo": ("ppo.pt", "python ppo.py --ptx_coef=0"),
     "ppo_ptx": ("ppo_ptx.pt", "python ppo.py"),
     "dpo": ("dpo.pt", "python dpo.py"),
+    # not in the default list: PPO against the gold labeler itself, the ceiling of a perfect RM
+    "ppo_gold": ("ppo_gold.pt", "python ppo.py --ptx_coef=0 --gold_reward=true"),
 }
 SHOT_FAMILIES = ["list", "arith", "truth", "rude", "closedqa", "summary"]  # short ones first
 
@@ -192,13 +194,18 @@ def cell(text):
     return text.replace(EOS, " [EOS]").replace("|", "\\|").replace("\n", "<br>")
 
 
-def reading(m):
-    """A few lines setting the measured numbers beside the paper's, computed from `m`."""
+def reading(m, perfect=None):
+    """A few lines setting the measured numbers beside the paper's, computed from `m`;
+    `perfect`: the win rate against SFT of the demonstrations' own answers, as win_rate gives it."""
     best = next((n for n in ("ppo_ptx", "ppo", "dpo") if n in m), "sft")  # InstructGPT if made
     a, w, lines = m[best], m[best]["win_vs_sft"], []
     if best != "sft":
         lines.append(f"- {best} win rate vs SFT: {fmt(w['rate'])} "
                      f"(95% CI {fmt(w['lo'])}-{fmt(w['hi'])}).")
+    if perfect:  # ties count half, so SFT's perfect answers cap every model's win rate
+        lines.append(f"- a perfect answer to every prompt would win {fmt(perfect[0])} vs SFT: "
+                     f"SFT's own answer is already perfect on {fmt(2 * (1 - perfect[0]))} of them, "
+                     "and a tie counts half.")
     if "base" in m:
         b, w = m["base"], a["win_vs_base"]
         lines.append(f"- {best} vs the few-shot base model: {fmt(w['rate'])} (95% CI {fmt(w['lo'])}-"
@@ -225,7 +232,7 @@ def reading(m):
     return lines
 
 
-def tables(m, samples, prompts, rows, cfg, notes):
+def tables(m, samples, prompts, rows, cfg, notes, perfect=None):
     """table.md: the main table, gold score per family, answers side by side, the reading."""
     out = ["| model | gold score | win vs SFT [95% CI] | correct | hallucination | truthful | "
            "toxic (rude) | toxic (all) | ends with EOS | length | held-out loss | KL to SFT |",
@@ -260,7 +267,7 @@ def tables(m, samples, prompts, rows, cfg, notes):
         if i is not None:
             j = i * cfg.n_samples
             out.append(f"| {cell(prompts[j])} | " + " | ".join(cell(samples[n][j]) for n in m) + " |")
-    return "\n".join(out + ["", "Against the paper:"] + reading(m)) + "\n"
+    return "\n".join(out + ["", "Against the paper:"] + reading(m, perfect)) + "\n"
 
 
 # -----------------------------------------------------------------------------
@@ -332,11 +339,15 @@ def main(cfg):
             if baseline in scores:
                 rate, lo, hi = win_rate(scores[name], scores[baseline])
                 r[f"win_vs_{baseline}"] = dict(rate=rate, lo=lo, hi=hi, n=len(prompts))
-    table = tables(m, samples, prompts, rows, cfg, notes)
+    # the demonstrations' answer scores the best the gold labeler gives (1.0) on every prompt
+    perfect = win_rate([world.score(p, world.good_response(p) + world.EOS_TEXT) for p in prompts],
+                       scores["sft"])
+    table = tables(m, samples, prompts, rows, cfg, notes, perfect)
     print("\n" + table)
     os.makedirs(cfg.out_dir, exist_ok=True)
     results = dict(config=dataclasses.asdict(cfg), n_prompts=len(rows), skipped=notes,
-                   shots=shots, interval="Wilson 95%, ties as half a win", models=m)
+                   shots=shots, interval="Wilson 95%, ties as half a win", models=m,
+                   perfect_vs_sft=dict(zip(("rate", "lo", "hi"), perfect)))
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         # NaN (a rate over no cases) becomes null, so the file is strict JSON
         json.dump(json.loads(json.dumps(results), parse_constant=lambda _: None), f, indent=1)

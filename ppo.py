@@ -15,6 +15,8 @@ Run:
   python ppo.py --ptx_coef=0                  # plain PPO -> out/ppo.pt
   python ppo.py --device=cuda                 # GPU preset: larger batches, more iterations
   python ppo.py --adaptive_kl=true --kl_target=3   # Ziegler et al.'s adaptive beta
+  python ppo.py --ptx_coef=0 --gold_reward=true    # reward from the gold labeler, not the RM
+                                                   # -> out/ppo_gold.pt: PPO with a perfect RM
 It needs out/sft.pt (python sft.py) and out/reward.pt (python reward.py).
 
 Simplified (exercises):
@@ -50,6 +52,8 @@ class Config:
     data_dir: str = "out/data"       # tokenizer, ppo_prompts.jsonl, pretrain.txt (python -m data.generate)
     sft: str = "out/sft.pt"          # the policy and the frozen reference start here
     reward: str = "out/reward.pt"    # the frozen reward model; the value model starts here too
+    gold_reward: bool = False        # optimise the gold labeler's score instead of the RM's: how far
+                                     # PPO gets with a perfect reward model (a diagnostic, no paper has one)
     out: str = ""                    # "": out/ppo_ptx.pt if ptx_coef > 0, else out/ppo.pt
     device: str = "auto"             # auto: cuda, then mps, then cpu
     seed: int = 1337
@@ -232,7 +236,7 @@ def main(cfg):
     device, autocast = setup(cfg)
     if cfg.temperature <= 0:
         raise ValueError("PPO samples its responses: --temperature must be > 0")
-    out = cfg.out or ("out/ppo_ptx.pt" if cfg.ptx_coef > 0 else "out/ppo.pt")
+    out = cfg.out or f"out/ppo{'_ptx' if cfg.ptx_coef > 0 else ''}{'_gold' if cfg.gold_reward else ''}.pt"
     enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
     eos = enc.eot_token
     prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "ppo_prompts.jsonl"), "prompts")]
@@ -278,6 +282,8 @@ def main(cfg):
         lengths = response_mask.sum(1)                                   # (B,)
         ended = (responses == eos).any(1)                                # (B,)
         gen_tokens += lengths.sum().item()
+        texts = decode_responses(enc, responses, eos)
+        gold = torch.tensor([world.score(p, r) for p, r in zip(batch_prompts, texts)], device=device)
 
         with torch.no_grad(), autocast:
             # 2. score: the RM's output at the last response token (the EOS if it ended),
@@ -285,7 +291,9 @@ def main(cfg):
             #    gets no_eos_penalty on top (Huang et al. 2023)
             rm_out = reward_model(query_response, attention_mask)         # (B, Tp + N)
             scores = rm_out[torch.arange(len(rm_out)), context_len + lengths - 1] / score_std
-            penalised = scores + cfg.no_eos_penalty * (~ended).float()
+            # --gold_reward: the world's labeler replaces the RM (the RM score is still logged)
+            reward_scores = gold if cfg.gold_reward else scores
+            penalised = reward_scores + cfg.no_eos_penalty * (~ended).float()
             # 3. log-probs under the policy and the reference (same temperature as sampling),
             #    values under the value model: V(prompt, y_<t) is read where y_t is predicted
             logits = response_logits(policy, query_response, attention_mask, context_len, cfg.temperature)
@@ -345,9 +353,7 @@ def main(cfg):
         mean_kl = kl_per_response.mean().item()
         if cfg.adaptive_kl:
             kl_ctl.update(mean_kl, cfg.batch_size)
-        texts = decode_responses(enc, responses, eos)
-        gold = [world.score(p, r) for p, r in zip(batch_prompts, texts)]
-        metrics = {"score": scores.mean().item(), "gold": float(np.mean(gold)), "kl": mean_kl,
+        metrics = {"score": scores.mean().item(), "gold": gold.mean().item(), "kl": mean_kl,
                    "entropy": entropy.item(),
                    "approx_kl": float(np.mean(stats["approx_kl"])), "clipfrac": float(np.mean(stats["clipfrac"])),
                    "pg_loss": float(np.mean(stats["pg_loss"])), "vf_loss": float(np.mean(stats["vf_loss"])),

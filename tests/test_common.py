@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import (ConfigError, Logger, decode_responses, encode_pairs,  # noqa: E402
+from common import (ConfigError, Logger, decode_responses, encode_pairs, setup,  # noqa: E402
                     encode_prompts, parse_config, write_jsonl)
 from data import world  # noqa: E402
 from data.tokenizer import EOS, encode, get_tokenizer, save_ranks, train_bpe  # noqa: E402
@@ -87,6 +87,15 @@ def test_wrong_type_names_option(arg, option):
 def test_malformed_argument(arg):
     with pytest.raises(ConfigError, match="--name=value"):
         parse_config(Config, [arg])
+
+
+@pytest.mark.parametrize("script", ["sft", "reward", "dpo", "ppo", "pretrain"])
+def test_setup_refuses_a_zero_count(script):
+    name = "max_iters" if script == "pretrain" else "iters" if script == "ppo" else "epochs"
+    module = __import__(script)
+    cfg = module.Config(**{name: 0}, device="cpu")
+    with pytest.raises(ConfigError, match=f"--{name} must be at least 1"):
+        setup(cfg)
 
 
 def test_gpu_preset_only_on_cuda():

@@ -147,6 +147,9 @@ def test_end_to_end_tiny(tiny_world, tmp_path):
     assert "python dpo.py" in table and "Against the paper" in table
     samples = [json.loads(line) for line in open(tmp_path / "eval" / "samples.jsonl")]
     assert len(samples) == 3 * 30 * 2 and {s["sample"] for s in samples} == {0, 1}
+    # the ceiling: a perfect answer beats every imperfect SFT sample and ties the perfect ones
+    sft_perfect = sum(s["score"] == 1.0 for s in samples if s["model"] == "sft") / 60
+    assert saved["perfect_vs_sft"]["rate"] == pytest.approx(1 - sft_perfect / 2)
 
 
 def test_missing_files_name_the_command(tiny_world, tmp_path):

@@ -290,3 +290,16 @@ def test_missing_checkpoint_names_the_command(tmp_path):
     cfg.reward = str(tmp_path / "nope.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt.*python reward.py"):
         main(cfg)
+
+
+def test_gold_reward_replaces_the_reward_model(tmp_path, monkeypatch):
+    # a stand-in labeler that wants a digit in the answer, about which the stand-in RM does not care
+    # (it likes every ASCII byte alike): with --gold_reward PPO must learn to write them
+    cfg = make_world(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("ppo.world.score", lambda prompt, response: float(any(map(str.isdigit, response))))
+    cfg.gold_reward, cfg.ptx_coef = True, 0.0
+    history = main(cfg)
+    gold = [h["gold"] for h in history]
+    assert sum(gold[-3:]) / 3 > sum(gold[:3]) / 3 + 0.1, gold
+    assert (tmp_path / "out" / "ppo_gold.pt").exists() and not (tmp_path / "out" / "ppo.pt").exists()
