@@ -222,3 +222,28 @@ def test_logger(tmp_path, capsys):
     assert [r["step"] for r in rows] == [10, 20]
     assert rows[0]["loss"] == 1.23456 and rows[0]["note"] == "ok" and rows[1]["loss"] == 0.5
     assert all(isinstance(r["time"], float) for r in rows)
+
+
+# -----------------------------------------------------------------------------
+# pretrain.copy_probe: can a model read its context?
+
+class Induction(torch.nn.Module):
+    """A stand-in model that copies perfectly: it predicts the token that followed the last
+    earlier occurrence of the current two tokens (an induction head, written out)."""
+
+    def __init__(self, vocab_size, copy=True):
+        super().__init__()
+        self.vocab_size, self.copy = vocab_size, copy
+
+    def forward(self, ids):  # (1, T) -> (1, T, vocab); only the last position is read
+        logits = torch.zeros(1, ids.size(1), self.vocab_size)
+        seq = ids[0].tolist()
+        earlier = [j for j in range(1, len(seq) - 1) if seq[j - 1:j + 1] == seq[-2:]]
+        logits[0, -1, seq[earlier[-1] + 1] if self.copy and earlier else 0] = 1.0
+        return logits
+
+
+def test_copy_probe_tells_copying_from_guessing(enc):
+    from pretrain import copy_probe
+    assert copy_probe(Induction(enc.n_vocab), enc, "cpu", n=20) == 1.0
+    assert copy_probe(Induction(enc.n_vocab, copy=False), enc, "cpu", n=20) == 0.0
