@@ -2,13 +2,19 @@
 The GPT used by every stage of the pipeline: the SFT policy, the reward model, the
 PPO value model and the frozen reference policy are all this one class.
 
-What is here: a GPT-2 style decoder (learned positions, pre-LayerNorm blocks, GELU MLP,
-tied unembedding), an optional scalar head for reward and value models, left-padding
+What is here: a GPT-2 style decoder (pre-LayerNorm blocks, GELU MLP, tied unembedding)
+with rotary positions, an optional scalar head for reward and value models, left-padding
 aware attention masks, sampling with a KV cache, log-probs of given tokens, and one
 checkpoint format for every stage.
 
+Rotary positions (Su et al. 2021), not GPT-2's learned ones: attention then sees how far
+apart two tokens are, which is what copying from the context needs. In this world's CPU
+budget a 1M-parameter model learns to copy a fact from a passage with them (52% on
+pretrain.copy_probe) and not at all with learned positions (7%, chance); closed QA and
+summaries rest on that skill.
+
 What is simplified, and could be exercises:
-- learned absolute positions, no rotary embeddings; no flash/paged attention of our own;
+- no flash/paged attention of our own;
 - the KV cache is a plain preallocated buffer; finished rows keep being computed
   until every row of the batch is done (no re-batching);
 - sampling is temperature and top-k only (no top-p, no beam search, no repetition penalty);
@@ -63,11 +69,29 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+def rotary(position_ids, head_size, base=10000.0):
+    """Rotary position embedding tables (Su et al. 2021, RoFormer): channel pair i of every
+    head turns by the angle position * base^(-2i / head_size). position_ids (B, T) ->
+    cos, sin (B, 1, T, head_size / 2), to broadcast over heads."""
+    freqs = base ** (-torch.arange(0, head_size, 2, device=position_ids.device).float() / head_size)
+    angles = position_ids.float()[..., None] * freqs  # (B, T, hs/2)
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate the channel pairs (x[i], x[i + hs/2]) of x (B, nh, T, hs) by their angles. After
+    rotating queries at position m and keys at position n, q . k depends on m - n only."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # keep bf16 under autocast
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
+        assert config.n_embd % config.n_head == 0 and (config.n_embd // config.n_head) % 2 == 0, \
+            "n_embd / n_head must be an even head size (rotary positions turn channel pairs)"
         self.layer_idx = layer_idx  # which slot of the KV cache is ours
         self.n_head, self.n_embd = config.n_head, config.n_embd
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
@@ -77,14 +101,16 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.use_sdpa = config.use_sdpa
 
-    def forward(self, x, mask, kv_cache=None):
+    def forward(self, x, mask, rope, kv_cache=None):
         # mask: (B, 1, T, S) bool, True where query t may attend to key s (S = cached + T)
+        # rope: (cos, sin) of the T new positions, (B, 1, T, hs/2) each
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # the cache keeps rotated keys
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)   # (B, nh, S, hs)
         if self.use_sdpa:
@@ -124,9 +150,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask, kv_cache=None):
+    def forward(self, x, mask, rope, kv_cache=None):
         # pre-LayerNorm: the residual stream itself is never normalised, which keeps deep stacks trainable
-        x = x + self.attn(self.ln_1(x), mask, kv_cache)
+        x = x + self.attn(self.ln_1(x), mask, rope, kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -137,7 +163,6 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -194,9 +219,10 @@ class GPT(nn.Module):
         mask = (k_pos <= q_pos)[None] & attention_mask.bool()[:, None, :]  # (B, T, S)
         mask = (mask | (k_pos == q_pos)[None])[:, None]  # (B, 1, T, S), broadcast over heads
 
-        x = self.drop(self.wte(idx) + self.wpe(position_ids))  # (B, T, C)
+        x = self.drop(self.wte(idx))  # (B, T, C); positions enter as rotations of q and k
+        rope = rotary(position_ids, self.config.n_embd // self.config.n_head)
         for block in self.h:
-            x = block(x, mask, kv_cache)
+            x = block(x, mask, rope, kv_cache)
         x = self.ln_f(x)
         if kv_cache is not None:
             kv_cache.pos = S  # every layer has written its T new positions

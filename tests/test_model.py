@@ -8,8 +8,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from model import (GPT, GPTConfig, KVCache, entropy_from_logits, load_checkpoint,  # noqa: E402
-                   response_mask, save_checkpoint, token_logprobs)
+from model import (GPT, GPTConfig, KVCache, apply_rotary, entropy_from_logits,  # noqa: E402
+                   load_checkpoint, response_mask, rotary, save_checkpoint, token_logprobs)
 
 # tensors this small run faster on one thread; several threads mostly spin-wait,
 # and slow down badly when anything else is using the CPU
@@ -107,6 +107,22 @@ def test_padding_is_invisible():
         torch.testing.assert_close(out[i, -len(p):], alone, atol=1e-5, rtol=0)
         torch.testing.assert_close(out2[i, -len(p):], alone, atol=1e-5, rtol=0)
     assert not torch.isnan(out).any()  # padding rows attend to themselves, no empty softmax
+
+
+def test_rotary_scores_depend_on_the_offset_alone():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)  # (B, nh, T, hs)
+    pos = torch.arange(5).repeat(2, 1)                         # (B, T)
+
+    def scores(shift):
+        cos, sin = rotary(pos + shift, 8)
+        return apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-2, -1)
+
+    assert torch.allclose(scores(0), scores(17), atol=1e-5)   # the same text later on
+    assert not torch.allclose(scores(0), q @ k.transpose(-2, -1), atol=1e-3)  # positions do count
+    cos, sin = rotary(pos, 8)
+    assert torch.allclose(apply_rotary(q, cos, sin).norm(dim=-1), q.norm(dim=-1), atol=1e-5)  # a rotation
+    assert torch.equal(apply_rotary(q, *rotary(torch.zeros_like(pos), 8)), q)  # position 0: identity
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -322,7 +338,7 @@ def test_corrupt_and_mismatched_files_give_value_error(tmp_path):
     path = str(tmp_path / "bad.pt")
     save_checkpoint(path, model, {}, step=0, tokenizer="t")
     ckpt = torch.load(path, weights_only=True)
-    ckpt["model"]["wpe.weight"] = torch.zeros(3, 32)  # wrong shape
+    ckpt["model"]["wte.weight"] = torch.zeros(3, 32)  # wrong shape
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match="bad.pt"):
         load_checkpoint(path)
