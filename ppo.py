@@ -62,7 +62,7 @@ class Config:
     batch_size: int = 64             # prompts (episodes) per rollout
     max_new_tokens: int = 48         # responses that never emit EOS are cut here
     temperature: float = 1.0         # sampling temperature; log-probs use the same one
-    no_eos_penalty: float = -1.0     # added to the score of a response that never ends
+    no_eos_penalty: float = -1.0     # the score of a response that never ends, whatever the RM says
     # reward = score - beta * KL (InstructGPT eq. 2), advantages by GAE
     beta: float = 0.02               # KL coefficient, the paper's value
     adaptive_kl: bool = False        # adapt beta toward kl_target (Ziegler et al. 2019)
@@ -287,13 +287,14 @@ def main(cfg):
 
         with torch.no_grad(), autocast:
             # 2. score: the RM's output at the last response token (the EOS if it ended),
-            #    in units of its std on the demonstrations; a response that never ended
-            #    gets no_eos_penalty on top (Huang et al. 2023)
+            #    in units of its std on the demonstrations. A response that never ended
+            #    scores no_eos_penalty instead (Huang et al. 2023): the RM never saw one
+            #    in training, so its opinion of one is a guess that PPO would exploit
             rm_out = reward_model(query_response, attention_mask)         # (B, Tp + N)
             scores = rm_out[torch.arange(len(rm_out)), context_len + lengths - 1] / score_std
             # --gold_reward: the world's labeler replaces the RM (the RM score is still logged)
             reward_scores = gold if cfg.gold_reward else scores
-            penalised = reward_scores + cfg.no_eos_penalty * (~ended).float()
+            penalised = torch.where(ended, reward_scores, torch.full_like(reward_scores, cfg.no_eos_penalty))
             # 3. log-probs under the policy and the reference (same temperature as sampling),
             #    values under the value model: V(prompt, y_<t) is read where y_t is predicted
             logits = response_logits(policy, query_response, attention_mask, context_len, cfg.temperature)
