@@ -354,7 +354,9 @@ def main(cfg):
         mean_kl = kl_per_response.mean().item()
         if cfg.adaptive_kl:
             kl_ctl.update(mean_kl, cfg.batch_size)
-        metrics = {"score": scores.mean().item(), "gold": gold.mean().item(), "kl": mean_kl,
+        metrics = {"score": scores.mean().item(), "gold": gold.mean().item(),
+                   "reward": penalised.mean().item(),  # what PPO maximises: RM or gold, EOS rule
+                   "kl": mean_kl,
                    "entropy": entropy.item(),
                    "approx_kl": float(np.mean(stats["approx_kl"])), "clipfrac": float(np.mean(stats["clipfrac"])),
                    "pg_loss": float(np.mean(stats["pg_loss"])), "vf_loss": float(np.mean(stats["vf_loss"])),

@@ -293,13 +293,22 @@ def test_missing_checkpoint_names_the_command(tmp_path):
 
 
 def test_gold_reward_replaces_the_reward_model(tmp_path, monkeypatch):
-    # a stand-in labeler that wants a digit in the answer, about which the stand-in RM does not care
-    # (it likes every ASCII byte alike): with --gold_reward PPO must learn to write them
+    # a stand-in labeler that scores everything 0.7: the reward PPO maximises must be 0.7 for
+    # every response that ended and no_eos_penalty for the others, whatever the RM says
     cfg = make_world(tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("ppo.world.score", lambda prompt, response: float(any(map(str.isdigit, response))))
-    cfg.gold_reward, cfg.ptx_coef = True, 0.0
-    history = main(cfg)
-    gold = [h["gold"] for h in history]
-    assert sum(gold[-3:]) / 3 > sum(gold[:3]) / 3 + 0.1, gold
+    monkeypatch.setattr("ppo.world.score", lambda prompt, response: 0.7)
+    cfg.gold_reward, cfg.ptx_coef, cfg.iters = True, 0.0, 2
+    for h in main(cfg):
+        assert h["gold"] == pytest.approx(0.7)
+        assert h["reward"] == pytest.approx(0.7 * h["ended"] + cfg.no_eos_penalty * (1 - h["ended"]))
+        assert h["score"] != pytest.approx(h["reward"])  # the RM's own opinion, still logged
     assert (tmp_path / "out" / "ppo_gold.pt").exists() and not (tmp_path / "out" / "ppo.pt").exists()
+
+
+def test_a_response_that_never_ends_scores_the_penalty(tmp_path, monkeypatch):
+    cfg = make_world(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cfg.ptx_coef, cfg.iters, cfg.max_new_tokens, cfg.no_eos_penalty = 0.0, 1, 2, -3.0
+    h = main(cfg)[0]  # two new tokens: this random policy ends none of its responses
+    assert h["ended"] == 0.0 and h["reward"] == -3.0 and h["score"] > -1.0  # the RM liked some
