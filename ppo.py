@@ -11,7 +11,7 @@ free, so the log shows reward over-optimisation as it happens (Gao et al. 2022):
 KL to the reference grows, the RM score keeps rising while the gold score rises, then falls.
 
 Run:
-  python ppo.py                               # CPU preset, PPO-ptx, ~3 min -> out/ppo_ptx.pt
+  python ppo.py                               # CPU preset, PPO-ptx, ~5 min -> out/ppo_ptx.pt
   python ppo.py --ptx_coef=0                  # plain PPO -> out/ppo.pt
   python ppo.py --device=cuda                 # GPU preset: larger batches, more iterations
   python ppo.py --adaptive_kl=true --kl_target=3   # Ziegler et al.'s adaptive beta
