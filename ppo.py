@@ -54,7 +54,7 @@ class Config:
     reward: str = "out/reward.pt"    # the frozen reward model; the value model starts here too
     gold_reward: bool = False        # optimise the gold labeler's score instead of the RM's: how far
                                      # PPO gets with a perfect reward model (a diagnostic, no paper has one)
-    out: str = ""                    # "": out/ppo_ptx.pt if ptx_coef > 0, else out/ppo.pt
+    out: str = ""                    # "": out/ppo_ptx.pt if ptx_coef > 0, else out/ppo.pt; _gold added with gold_reward
     device: str = "auto"             # auto: cuda, then mps, then cpu
     seed: int = 1337
     # rollouts
@@ -282,6 +282,7 @@ def main(cfg):
         lengths = response_mask.sum(1)                                   # (B,)
         ended = (responses == eos).any(1)                                # (B,)
         gen_tokens += lengths.sum().item()
+        # the gold labeler scores every response: logged always, the reward with --gold_reward
         texts = decode_responses(enc, responses, eos)
         gold = torch.tensor([world.score(p, r) for p, r in zip(batch_prompts, texts)], device=device)
 
