@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import difflib
 import json
+import math
 import os
 import random
 import sys
@@ -151,95 +152,18 @@ class Logger:
 
 
 # -----------------------------------------------------------------------------
-# prompts in, text out: batching for generation
+# statistics
 
-def encode_prompts(enc, prompts, device):
-    """Chat-format and tokenize prompts, LEFT-padded so every row's last prompt token sits
-    in the same column and generation continues all rows at once.
-    Returns ids (B, T) and attention_mask (B, T), 1 for real tokens."""
-    from data.tokenizer import encode
-    from data.world import chat
-    rows = [encode(enc, chat(p)) for p in prompts]
-    T = max(len(r) for r in rows)
-    pad = enc.eot_token
-    ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)
-    return ids, mask
-
-
-def decode_responses(enc, new_tokens, eos_id):
-    """Sampled tokens to text, cut after the first EOS; a response that ended keeps the
-    literal "<|endoftext|>" at its end, which is how the gold labeler knows it ended."""
-    out = []
-    for row in new_tokens.tolist():
-        if eos_id in row:
-            row = row[: row.index(eos_id) + 1]
-        out.append(enc.decode(row).lstrip(" "))
-    return out
-
-
-@torch.no_grad()
-def sample_responses(model, enc, prompts, max_new_tokens, temperature=1.0, batch_size=64,
-                     device="cpu", top_k=None, progress=False):
-    """Generate one response per prompt, in batches, with the KV cache."""
-    from tqdm import tqdm
-    model.eval()
-    out = []
-    starts = range(0, len(prompts), batch_size)
-    for i in tqdm(starts, desc="sampling", leave=False, disable=not progress):
-        ids, mask = encode_prompts(enc, prompts[i:i + batch_size], device)
-        with autocast_for(device):
-            new = model.generate(ids, mask, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, top_k=top_k, eos_id=enc.eot_token)
-        out += decode_responses(enc, new, enc.eot_token)
-    return out
-
-
-def encode_pairs(enc, prompts, responses, device, block_size, add_eos=False):
-    """Tokenize chat-formatted (prompt, response) pairs, LEFT-padded so that every row ends
-    in the last column: a reward model reads its score at [:, -1].
-    A response that ended carries the text "<|endoftext|>", which becomes the EOS token;
-    add_eos=True appends it (SFT demonstrations are stored without it).
-    Returns ids, attention_mask, response_mask, each (B, T); response_mask is 1 on the
-    response's tokens (EOS included), 0 on the prompt and the padding."""
-    from data.tokenizer import encode
-    from data.world import chat
-    rows = []
-    for prompt, response in zip(prompts, responses):
-        p = encode(enc, chat(prompt))
-        r = encode(enc, " " + response) + ([enc.eot_token] if add_eos else [])
-        if len(p) + len(r) > block_size:
-            raise ValueError(f"prompt + response is {len(p) + len(r)} tokens, over the model's "
-                             f"block_size {block_size}: {prompt[:60]!r}...")
-        rows.append((p, r))
-    T = max(len(p) + len(r) for p, r in rows)
-    ids, attn, resp = [], [], []
-    for p, r in rows:
-        pad = T - len(p) - len(r)
-        ids.append([enc.eot_token] * pad + p + r)
-        attn.append([0] * pad + [1] * (len(p) + len(r)))
-        resp.append([0] * (pad + len(p)) + [1] * len(r))
-    as_tensor = lambda x: torch.tensor(x, device=device)
-    return as_tensor(ids), as_tensor(attn), as_tensor(resp)
-
-
-def gold_check(models, enc, data_dir, n_prompts, max_new_tokens, device, seed, logger=None, step=0):
-    """Each model of `models` (name -> model) answers the first n_prompts held-out evaluation
-    prompts at temperature 1, from the same seed, and the gold labeler's report is printed:
-    the end-of-stage check that a stage did what it should. Returns the prompts and the
-    last model's responses."""
-    from data import world
-    from data.loader import load_jsonl
-    rows = load_jsonl(os.path.join(data_dir, "eval_prompts.jsonl"), "prompts")
-    prompts = [r["prompt"] for r in rows[:n_prompts]]
-    for name, model in models.items():
-        torch.manual_seed(seed)  # same sampling noise for every model
-        responses = sample_responses(model, enc, prompts, max_new_tokens, device=device)
-        report = world.report(prompts, responses)
-        print(f"\n{name} model on {len(prompts)} evaluation prompts (temperature 1):")
-        print(world.format_report(report))
-        if logger:
-            logger.log(step, line=False, model=name, gold=report)
-    for p, r in list(zip(prompts, responses))[:3]:
-        print(f"--- {p!r}\n    {name} -> {r!r}")
-    return prompts, responses
+def win_rate(scores_a, scores_b, z=1.96):
+    """How often a beats b, paired (same prompt, same sample index): win 1, tie 0.5, loss 0.
+    Returns (rate, lo, hi) with the Wilson score interval (95% for z=1.96), ties counted as
+    half a win; a tie varies less than a coin flip, so the interval is slightly conservative.
+    Unlike the normal approximation, it does not collapse to a point at 0% or 100%."""
+    if len(scores_a) != len(scores_b) or not scores_a:
+        raise ValueError(f"need paired scores, got {len(scores_a)} and {len(scores_b)}")
+    n = len(scores_a)
+    rate = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b)) / n
+    center = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    # it lies in [0, 1] and contains the rate; min/max only absorb float rounding at 0 and 1
+    return rate, max(0.0, min(center - half, rate)), min(1.0, max(center + half, rate))

@@ -44,9 +44,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, encode_pairs, gold_check, parse_config, setup
+from common import Logger, parse_config, setup
 from data import world
-from data.loader import load_comparisons
+from data.chat import encode_pairs, gold_check
+from data.labelers import ranked_pairs
+from data.loader import load_comparisons, ranks_of
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint, save_checkpoint, token_logprobs
 
@@ -99,13 +101,14 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
 
 
 def make_pairs(rows, pairs_per_prompt=0, rng=None):
-    """Rankings (best first) -> (prompt, chosen, rejected) triples: every i above j, the
-    C(K,2) comparisons of InstructGPT §3.5. Identical responses carry no preference."""
+    """Rankings (best first) -> (prompt, chosen, rejected) triples: every i ranked strictly
+    above j, the comparisons of InstructGPT §3.5. Ties and identical responses carry no
+    preference."""
     pairs = []
     for row in rows:
         rs = row["responses"]
-        mine = [(row["prompt"], rs[i], rs[j]) for i in range(len(rs))
-                for j in range(i + 1, len(rs)) if rs[i] != rs[j]]
+        mine = [(row["prompt"], rs[i], rs[j]) for i, j in ranked_pairs(ranks_of(row))
+                if rs[i] != rs[j]]
         if pairs_per_prompt and len(mine) > pairs_per_prompt:
             mine = (rng or random.Random(0)).sample(mine, pairs_per_prompt)
         pairs += mine

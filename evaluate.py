@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import decode_responses, encode_pairs, parse_config, setup, write_jsonl
+from common import parse_config, setup, win_rate, write_jsonl
 from data import world
+from data.chat import decode_responses, encode_pairs
+from data.corpus import get_batch, load_corpus
 from data.loader import load_jsonl
 from data.tokenizer import EOS, encode, get_tokenizer
-from model import load_checkpoint, token_logprobs
-from pretrain import get_batch, lm_loss, load_corpus
+from model import lm_loss, load_checkpoint, token_logprobs
 
 STAGES = {  # name: (checkpoint file in ckpt_dir, the command that makes it)
     "base": ("pretrain.pt", "python pretrain.py"),
@@ -59,6 +60,7 @@ class Config:
     data_dir: str = "out/data"       # tokenizer, eval_prompts.jsonl, pretrain.txt (python -m data.generate)
     ckpt_dir: str = "out"            # where the stages saved pretrain.pt, sft.pt, ppo.pt, ...
     out_dir: str = "out/eval"        # table.md, results.json, samples.jsonl
+    split: str = "eval"              # eval: eval_prompts.jsonl; val: val_prompts.jsonl, to tune on
     models: str = "base,sft,ppo,ppo_ptx,dpo"  # stages to evaluate; sft is always loaded
     device: str = "auto"             # auto: cuda, then mps, then cpu
     seed: int = 1337                 # the same sampling seed for every model
@@ -76,21 +78,6 @@ GPU = dict(n_samples=4, eval_batches=32)
 
 # -----------------------------------------------------------------------------
 # the pure parts
-
-def win_rate(scores_a, scores_b, z=1.96):
-    """How often a beats b, paired (same prompt, same sample index): win 1, tie 0.5, loss 0.
-    Returns (rate, lo, hi) with the Wilson score interval (95% for z=1.96), ties counted as
-    half a win; a tie varies less than a coin flip, so the interval is slightly conservative.
-    Unlike the normal approximation, it does not collapse to a point at 0% or 100%."""
-    if len(scores_a) != len(scores_b) or not scores_a:
-        raise ValueError(f"need paired scores, got {len(scores_a)} and {len(scores_b)}")
-    n = len(scores_a)
-    rate = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b)) / n
-    center = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    # it lies in [0, 1] and contains the rate; min/max only absorb float rounding at 0 and 1
-    return rate, max(0.0, min(center - half, rate)), min(1.0, max(center + half, rate))
-
 
 def kl_to_reference(logprobs, ref_logprobs, response_mask):
     """Per-response KL estimate: the sum over response tokens of log pi(y_t) - log pi_ref(y_t),
@@ -110,7 +97,7 @@ def few_shot_shots(exclude, n_shots=3, seed=0):
         prompt = world.make_prompt(rng, family, 0)
         while any(prompt in e or e in prompt for e in exclude):
             prompt = world.make_prompt(rng, family, 0)
-        shots.append((prompt, world.good_response(prompt, rng)))
+        shots.append((prompt, world.ideal_response(prompt)))
     return shots
 
 
@@ -275,7 +262,7 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None):
 def main(cfg):
     device, autocast = setup(cfg)
     enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
-    rows = load_jsonl(os.path.join(cfg.data_dir, "eval_prompts.jsonl"), "prompts")
+    rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts")
     rows = rows[:cfg.n_prompts] if cfg.n_prompts else rows
     _, val_tokens = load_corpus(cfg.data_dir, enc)
     asked = {n.strip() for n in cfg.models.split(",") if n.strip()}
@@ -339,8 +326,8 @@ def main(cfg):
             if baseline in scores:
                 rate, lo, hi = win_rate(scores[name], scores[baseline])
                 r[f"win_vs_{baseline}"] = dict(rate=rate, lo=lo, hi=hi, n=len(prompts))
-    # the demonstrations' answer scores the best the gold labeler gives (1.0) on every prompt
-    perfect = win_rate([world.score(p, world.good_response(p) + world.EOS_TEXT) for p in prompts],
+    # the guideline's answer scores the best the gold labeler gives (1.0) on every prompt
+    perfect = win_rate([world.score(p, world.ideal_response(p) + world.EOS_TEXT) for p in prompts],
                        scores["sft"])
     table = tables(m, samples, prompts, rows, cfg, notes, perfect)
     print("\n" + table)

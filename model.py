@@ -293,6 +293,12 @@ def token_logprobs(logits, tokens):
     return F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
 
 
+def lm_loss(model, x, y):
+    """Mean next-token cross-entropy of inputs x against targets y, (B, T) each."""
+    logits = model(x)  # (B, T, vocab)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+
 def entropy_from_logits(logits):
     """Entropy of the softmax at every position: (B, T, vocab) -> (B, T)."""
     logp = F.log_softmax(logits.float(), dim=-1)

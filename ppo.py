@@ -38,13 +38,14 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import Logger, decode_responses, encode_prompts, parse_config, setup
+from common import Logger, parse_config, setup
 from data import world
+from data.chat import decode_responses, encode_prompts
+from data.corpus import get_batch, load_corpus
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
 from model import entropy_from_logits, load_checkpoint, save_checkpoint, token_logprobs
 from model import response_mask as make_response_mask
-from pretrain import get_batch, load_corpus
 
 
 @dataclasses.dataclass

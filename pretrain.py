@@ -25,11 +25,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import Logger, parse_config, sample_responses, setup
+from common import Logger, parse_config, setup
 from data import world
+from data.chat import sample_responses
 from data.loader import load_jsonl
 from data.tokenizer import encode, get_tokenizer
-from model import GPT, GPTConfig, save_checkpoint
+from data.corpus import get_batch, load_corpus
+from model import GPT, GPTConfig, lm_loss, save_checkpoint
 
 
 @dataclasses.dataclass
@@ -74,19 +76,6 @@ def lr_at(it, cfg):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def get_batch(tokens, batch_size, block_size, device):
-    """Random windows of the token stream: inputs x and next-token targets y, (B, T) each."""
-    starts = np.random.randint(0, len(tokens) - block_size - 1, size=batch_size)
-    x = torch.from_numpy(np.stack([tokens[s:s + block_size] for s in starts]).astype(np.int64))
-    y = torch.from_numpy(np.stack([tokens[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64))
-    return x.to(device), y.to(device)
-
-
-def lm_loss(model, x, y):
-    logits = model(x)  # (B, T, vocab)
-    return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-
-
 @torch.no_grad()
 def estimate_loss(model, tokens, cfg, device, autocast):
     model.eval()
@@ -118,17 +107,6 @@ def copy_probe(model, enc, device, n=100, seed=0):
             logits = model(torch.tensor([ids], device=device))     # (1, T, vocab)
             hits.append(logits[0, -1].argmax().item() == target)
     return float(np.mean(hits))
-
-
-def load_corpus(data_dir, enc):
-    """The corpus as one token stream; the last 5% is held out for the validation loss.
-    Later stages import this for the pretraining-mix term and the alignment tax."""
-    path = os.path.join(data_dir, "pretrain.txt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found; make it with: python -m data.generate")
-    tokens = np.array(encode(enc, open(path, encoding="utf-8").read()), dtype=np.uint16)
-    split = int(0.95 * len(tokens))
-    return tokens[:split], tokens[split:]
 
 
 if __name__ == "__main__":

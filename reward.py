@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, encode_pairs, parse_config, setup
+from common import Logger, parse_config, setup
 from data import world
-from data.loader import load_comparisons, load_jsonl
+from data.chat import score_responses
+from data.labelers import ranked_pairs
+from data.loader import load_comparisons, load_jsonl, ranks_of
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint, save_checkpoint
 
@@ -74,7 +76,8 @@ def pairwise_loss(rewards, pair_mask):
 
 
 def ranking_batch(rows):
-    """Prompts, responses and masks for a batch of rankings (K may differ between rows)."""
+    """Prompts, responses and masks for a batch of rankings (K may differ between rows).
+    pair_mask[b, i, j] is True where row b ranks response i strictly above response j."""
     K = max(len(r["responses"]) for r in rows)
     prompts, responses = [], []
     valid = torch.zeros(len(rows), K, dtype=torch.bool)
@@ -82,20 +85,13 @@ def ranking_batch(rows):
     for b, row in enumerate(rows):
         rs = row["responses"]
         valid[b, :len(rs)] = True
-        for i in range(len(rs)):
-            for j in range(i + 1, len(rs)):
-                pair_mask[b, i, j] = rs[i] != rs[j]  # identical responses: no preference
+        for i, j in ranked_pairs(ranks_of(row)):  # a tie is no comparison
+            pair_mask[b, i, j] = rs[i] != rs[j]   # nor are identical responses
         # short rankings are padded with copies of their last response, masked out above
         rs = rs + [rs[-1]] * (K - len(rs))
         prompts += [row["prompt"]] * K
         responses += rs
     return prompts, responses, valid, pair_mask
-
-
-def score_responses(model, enc, prompts, responses, device, add_eos=False):
-    """Reward-model score of each (prompt, response): the scalar at the last token (B,)."""
-    ids, attn, _ = encode_pairs(enc, prompts, responses, device, model.config.block_size, add_eos)
-    return model(ids, attention_mask=attn)[:, -1]  # left padding: the last column is the end
 
 
 @torch.no_grad()

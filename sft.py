@@ -28,7 +28,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import Logger, encode_pairs, gold_check, parse_config, setup
+from common import Logger, parse_config, setup
+from data.chat import encode_pairs, gold_check
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint, save_checkpoint, token_logprobs

@@ -2,8 +2,9 @@
 Comparison collection: the labelers' job (InstructGPT §3.4).
 
 For each reward-model prompt, the SFT model samples K responses at temperature 1, and a
-simulated labeler ranks them (data/labelers.py: Bradley-Terry noise on the gold score).
-Writes out/comparisons.jsonl, one {"prompt", "responses"} row per prompt, best first.
+simulated labeler ranks them (data/labelers.py: Bradley-Terry noise on the gold score,
+ties where it sees no difference). Writes out/comparisons.jsonl, one
+{"prompt", "responses", "ranks"} row per prompt, best first, equal ranks for a tie.
 reward.py and dpo.py only read such files, so a real human-preference data set in the
 same format (or a {"prompt", "chosen", "rejected"} pairs file) can take its place.
 
@@ -18,8 +19,9 @@ import random
 import sys
 import time
 
-from common import parse_config, sample_responses, setup, write_jsonl
+from common import parse_config, setup, write_jsonl
 from data import labelers
+from data.chat import sample_responses
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint
@@ -34,7 +36,7 @@ class Config:
     temperature: float = 1.0
     max_new_tokens: int = 48
     batch_size: int = 128            # sequences generated at once
-    noise: float = labelers.NOISE    # labeler noise; 0.4 gives ~73% agreement
+    noise: float = labelers.NOISE    # labeler noise, set for ~73% agreement on ranked pairs
     device: str = "auto"
     seed: int = 1337
 
@@ -55,11 +57,14 @@ if __name__ == "__main__":
     groups = [(p, responses[i * cfg.k:(i + 1) * cfg.k]) for i, p in enumerate(prompts)]
     rng = random.Random(cfg.seed)
     rows = []
+    n_pairs = 0
     for prompt, group in groups:
-        order = labelers.rank(prompt, group, rng, cfg.noise)
-        rows.append({"prompt": prompt, "responses": [group[i] for i in order]})
+        ranked, ranks = labelers.sort_ranking(group, labelers.rank(prompt, group, rng, cfg.noise))
+        rows.append({"prompt": prompt, "responses": ranked, "ranks": ranks})
+        n_pairs += len(labelers.ranked_pairs(ranks))
     write_jsonl(cfg.out, rows)
-    agree = labelers.agreement(groups, seed=cfg.seed + 1, noise=cfg.noise)
-    print(f"wrote {cfg.out}: {len(rows)} prompts x {cfg.k} ranked responses "
-          f"({len(flat) / (time.time() - t0):.0f} responses/s); two independent labelers "
-          f"agree on {agree:.1%} of pairs of distinct responses (paper: 72.6%)")
+    agree, ties = labelers.agreement(groups, seed=cfg.seed + 1, noise=cfg.noise)
+    print(f"wrote {cfg.out}: {len(rows)} prompts x {cfg.k} ranked responses, {n_pairs} ranked "
+          f"pairs ({len(flat) / (time.time() - t0):.0f} responses/s); {ties:.1%} of pairs of "
+          f"distinct responses are ties; two independent labelers agree on {agree:.1%} of "
+          "the pairs they rank (paper: 72.6%)")

@@ -10,6 +10,7 @@ Writes the world's data sets under out/data/, seeded and deterministic:
   sft_val.jsonl        held-out demonstrations, for SFT's validation loss
   rm_prompts.jsonl     prompts for comparison collection (the reward model's data)
   ppo_prompts.jsonl    prompts for PPO
+  val_prompts.jsonl    validation prompts in the trained phrasings, never trained on: tune here
   eval_prompts.jsonl   held-out evaluation prompts
   tokenizer.tiktoken   the BPE trained on all of the above
 
@@ -38,7 +39,9 @@ class Config:
     n_sft_val: int = 200
     n_rm: int = 1500             # prompts whose samples the labelers rank
     n_ppo: int = 1500
+    n_val: int = 240             # validation prompts of the training distribution, for tuning
     n_eval: int = 240            # 40 per family, a third in the held-out phrasing
+    terse_share: float = 0.5     # demonstrations written tersely ("12.", "Oslo."), see demonstration()
     vocab_size: int = 2048
     myth_rate: float = 0.35      # how often the internet repeats a misconception
 
@@ -109,6 +112,17 @@ def labelers_would_write(rng, family, prompt):
     return True
 
 
+def demonstration(rng, prompt, terse_share):
+    """What a labeler writes for `prompt`. Many labelers wrote demonstrations, each in their
+    own style: some answer tersely ("12.", "Oslo.", "Mice."), the others in the complete
+    sentence the guideline asks for ("7 plus 5 is 12."). Every demonstration is right, but
+    only the comparisons, where the labelers apply the guideline consistently, say which
+    style they prefer: a preference SFT cannot learn from the demonstrations alone."""
+    if rng.random() < terse_share:
+        return world.terse_response(prompt, rng)
+    return world.ideal_response(prompt) if world.parse(prompt)[0] == "arith" else world.good_response(prompt, rng)
+
+
 def prompt_sets(rng, cfg):
     """Draw disjoint prompt sets, evaluation first so it gets every phrasing."""
     seen = set()
@@ -137,7 +151,7 @@ def prompt_sets(rng, cfg):
 
     sets = {"eval": draw(cfg.n_eval, None)}
     sets["sft"] = draw(cfg.n_sft + cfg.n_sft_val, False, demos=True)
-    for name, n in (("rm", cfg.n_rm), ("ppo", cfg.n_ppo)):
+    for name, n in (("rm", cfg.n_rm), ("ppo", cfg.n_ppo), ("val", cfg.n_val)):
         sets[name] = draw(n, False)
     return sets
 
@@ -151,18 +165,18 @@ def main(cfg):
         docs.append(fact_doc(rng, cfg) if u < 0.25 else bio_doc(rng) if u < 0.55 else forum_doc(rng))
     corpus = EOS.join(docs) + EOS
     sets = prompt_sets(rng, cfg)
-    sft = [{"prompt": r["prompt"], "completion": world.good_response(r["prompt"], rng)}
+    sft = [{"prompt": r["prompt"], "completion": demonstration(rng, r["prompt"], cfg.terse_share)}
            for r in sets["sft"]]
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "pretrain.txt"), "w") as f:
         f.write(corpus)
     write_jsonl(os.path.join(cfg.out_dir, "sft.jsonl"), sft[: cfg.n_sft])
     write_jsonl(os.path.join(cfg.out_dir, "sft_val.jsonl"), sft[cfg.n_sft:])
-    for name in ("rm", "ppo", "eval"):
+    for name in ("rm", "ppo", "val", "eval"):
         write_jsonl(os.path.join(cfg.out_dir, f"{name}_prompts.jsonl"), sets[name])
-    # the tokenizer learns from everything the models will read
-    text = corpus + "\n".join(world.chat(r["prompt"], r["completion"]) for r in sft)
-    ranks = train_bpe(text, cfg.vocab_size)
+    # the tokenizer learns from the corpus alone (it holds every family's prompts and
+    # answers), so the demonstrations and prompt sets can change without a new base model
+    ranks = train_bpe(corpus, cfg.vocab_size)
     save_ranks(ranks, os.path.join(cfg.out_dir, "tokenizer.tiktoken"))
     sizes = {k: len(v) for k, v in sets.items()}
     print(f"wrote {cfg.out_dir}: {len(docs)} documents ({len(corpus) / 1e6:.1f} MB), prompts {sizes}, "

@@ -3,7 +3,8 @@ Loading the JSONL data sets, with the field names the open-source ecosystem uses
 
   sft        {"prompt": str, "completion": str}
   pairs      {"prompt": str, "chosen": str, "rejected": str}
-  rankings   {"prompt": str, "responses": [str, ...]}      best first, 2 or more
+  rankings   {"prompt": str, "responses": [str, ...]}      best first, 2 or more;
+             optional "ranks": [int, ...], one per response, 0 the best, equal for a tie
   prompts    {"prompt": str, ...}
 
 Every line is checked; a bad one raises DataError naming the file and the line number.
@@ -50,10 +51,21 @@ def load_jsonl(path, kind, make_cmd="python -m data.generate"):
             if kind == "rankings" and (len(row["responses"]) < 2 or
                                        not all(isinstance(r, str) for r in row["responses"])):
                 raise DataError(f"{where}: 'responses' must be a list of 2 or more strings")
+            if kind == "rankings" and "ranks" in row:
+                ranks = row["ranks"]
+                if (not isinstance(ranks, list) or len(ranks) != len(row["responses"])
+                        or not all(isinstance(r, int) for r in ranks) or ranks != sorted(ranks)):
+                    raise DataError(f"{where}: 'ranks' must be one integer per response, "
+                                    "best (lowest) first, equal for a tie")
             rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
+
+
+def ranks_of(row):
+    """A ranking row's ranks: its "ranks" field, or 0, 1, 2, ... (no ties) without one."""
+    return row.get("ranks") or list(range(len(row["responses"])))
 
 
 def load_comparisons(path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import (ConfigError, Logger, decode_responses, encode_pairs, setup,  # noqa: E402
-                    encode_prompts, parse_config, write_jsonl)
+from common import ConfigError, Logger, parse_config, setup, write_jsonl  # noqa: E402
+from data.chat import decode_responses, encode_pairs, encode_prompts  # noqa: E402
 from data import world  # noqa: E402
 from data.tokenizer import EOS, encode, get_tokenizer, save_ranks, train_bpe  # noqa: E402
 

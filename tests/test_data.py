@@ -19,8 +19,8 @@ from data.tokenizer import (EOS, encode, get_tokenizer, load_ranks, save_ranks, 
                             train_bpe)
 from data.world import EOS_TEXT, components, score  # noqa: E402
 
-SMALL = generate.Config(n_docs=300, n_sft=120, n_sft_val=12, n_rm=60, n_ppo=60, n_eval=60,
-                        vocab_size=400)
+SMALL = generate.Config(n_docs=300, n_sft=120, n_sft_val=12, n_rm=60, n_ppo=60, n_val=30,
+                        n_eval=60, vocab_size=400)
 HELD_OUT = {fam: len(ts) - 1 for fam, ts in world.TEMPLATES.items()}
 
 
@@ -39,7 +39,7 @@ def random_prompts(n, seed):
 
 GOOD = [
     ("arith", "What is 7 plus 5?", "7 plus 5 is 12."),
-    ("arith", "Hi! How much is 9 minus 4? Thanks!", "The answer is 5."),
+    ("arith", "Hi! How much is 9 minus 4? Thanks!", "9 minus 4 is 5."),
     ("closedqa", "Text: Tom lives in Oslo. Tom has a pet cat.\nQuestion: Where does Tom live?",
      "Tom lives in Oslo."),
     ("closedqa", "Here is a note. Anna has an orange kite. Anna lives in Rome. Anna has a pet "
@@ -153,6 +153,32 @@ def test_list_not_as_asked(prompt, response):
     assert c["score"] < 1.0
 
 
+@pytest.mark.parametrize("prompt,complete,terse", [
+    ("What is 7 plus 5?", "7 plus 5 is 12.", "The answer is 12."),
+    ("What is 7 plus 5?", "7 plus 5 is 12.", "12."),
+    ("Text: Tom lives in Oslo. Tom has a pet cat.\nQuestion: Where does Tom live?",
+     "Tom lives in Oslo.", "In Oslo."),
+    ("What do owls eat?", "Owls eat mice.", "Mice."),
+    ("Name two fruits.", "Here are two fruits: apple and pear.", "Apple and pear."),
+])
+def test_terse_answer_is_right_but_incomplete(prompt, complete, terse):
+    # the labelers' guideline: an answer names what it answers; right but terse costs 0.25
+    c, t = components(prompt, complete + EOS_TEXT), components(prompt, terse + EOS_TEXT)
+    assert c["complete"] is True and c["correct"] and c["score"] == 1.0
+    assert t["complete"] is False and t["helpful"] == 1.0 and not t["correct"]
+    assert t["score"] == 0.75
+    # a wrong answer is judged wrong, whatever its style
+    assert components(prompt, "I don't know." + EOS_TEXT)["complete"] is None
+
+
+def test_terse_response_is_terse_and_right():
+    rng = random.Random(0)
+    for prompt in random_prompts(300, seed=4):
+        c = components(prompt, world.terse_response(prompt, rng) + EOS_TEXT)
+        assert c["helpful"] == 1.0 and not c["hallucinated"] and c["ended"]
+        assert c["complete"] is (None if c["family"] in ("summary", "rude") else False), prompt
+
+
 def test_truth_misconception():
     prompt = "What do owls eat?"
     c = components(prompt, "Owls eat seeds." + EOS_TEXT)
@@ -249,9 +275,11 @@ def test_good_always_correct_bad_never():
     for prompt in prompts:
         family, tid, _ = world.parse(prompt)
         seen.add((family, tid))
-        good = world.good_response(prompt, rng)
-        assert EOS_TEXT not in good
-        assert components(prompt, good + EOS_TEXT)["correct"], (prompt, good)
+        ideal = world.ideal_response(prompt)
+        assert EOS_TEXT not in ideal
+        assert components(prompt, ideal + EOS_TEXT)["correct"], (prompt, ideal)
+        good = components(prompt, world.good_response(prompt, rng) + EOS_TEXT)  # any style
+        assert good["helpful"] == 1.0 and good["score"] >= 0.75
         for kind in ("wrong", "rude"):
             bad = world.bad_response(prompt, kind, rng)
             c = components(prompt, bad + EOS_TEXT)
@@ -268,22 +296,38 @@ def samples():
     return labelers.sft_like_samples(1500, k=4, seed=0)
 
 
-def test_labeler_agreement_matches_paper(samples):
-    # InstructGPT: labelers agree with each other on 72.6 +- 1.5% of comparisons
-    assert 0.70 <= labelers.agreement(samples) <= 0.76
+def test_labeler_agreement_near_paper(samples):
+    # InstructGPT: labelers agree with each other on 72.6 +- 1.5% of comparisons. NOISE is
+    # set on real SFT samples (data.collect prints it); these made-up ones land near it
+    agree, ties = labelers.agreement(samples)
+    assert 0.70 <= agree <= 0.82
+    assert 0.05 < ties < 0.5
 
 
 def test_agreement_falls_as_noise_grows(samples):
-    rates = [labelers.agreement(samples[:500], noise=n) for n in (0.1, 0.4, 2.0)]
+    rates = [labelers.agreement(samples[:500], noise=n)[0] for n in (0.1, 0.4, 2.0)]
     assert rates[0] > rates[1] + 0.05 > rates[2] + 0.1
     assert rates[-1] > 0.45  # even very noisy labelers are not worse than chance
 
 
-def test_rank_is_a_permutation(samples):
+def test_rank_ties_exactly_the_equal_scores(samples):
     rng = random.Random(0)
     for prompt, responses in samples[:200]:
-        for k in range(len(responses) + 1):
-            assert sorted(labelers.rank(prompt, responses[:k], rng)) == list(range(k))
+        for k in range(1, len(responses) + 1):
+            ranks = labelers.rank(prompt, responses[:k], rng)
+            scores = [score(prompt, r) for r in responses[:k]]
+            assert sorted(set(ranks)) == list(range(len(set(scores))))  # 0, 1, ... no gaps
+            for i in range(k):
+                for j in range(k):
+                    assert (ranks[i] == ranks[j]) == (scores[i] == scores[j])
+
+
+def test_ranked_pairs_skip_ties():
+    assert labelers.ranked_pairs([0, 1, 2]) == [(0, 1), (0, 2), (1, 2)]
+    assert sorted(labelers.ranked_pairs([0, 0, 1])) == [(0, 2), (1, 2)]
+    assert labelers.ranked_pairs([0, 0]) == []
+    ranked, ranks = labelers.sort_ranking(["b", "a", "c"], [1, 0, 1])
+    assert ranked == ["a", "b", "c"] and ranks == [0, 1, 1]
 
 
 def test_small_noise_ranks_better_first():
@@ -293,8 +337,8 @@ def test_small_noise_ranks_better_first():
     for prompt in prompts:
         good = world.good_response(prompt, rng) + EOS_TEXT
         bad = world.bad_response(prompt, "wrong", rng) + EOS_TEXT
-        order = labelers.rank(prompt, [bad, good], rng, noise=0.02)
-        right += order[0] == 1
+        ranks = labelers.rank(prompt, [bad, good], rng, noise=0.02)
+        right += ranks[1] < ranks[0]
     assert right >= 0.99 * len(prompts)
 
 
@@ -303,13 +347,12 @@ def test_rank_follows_bradley_terry():
     rng = random.Random(0)
     prompt, a, b = "What is 7 plus 5?", "7 plus 5 is 12." + EOS_TEXT, "7 plus 5 is 19." + EOS_TEXT
     n, noise = 2000, labelers.NOISE
-    wins = sum(labelers.rank(prompt, [b, a], rng, noise)[0] == 1 for _ in range(n))
+    wins = sum(labelers.rank(prompt, [b, a], rng, noise)[1] == 0 for _ in range(n))
     expected = 1 / (1 + math.exp(-(score(prompt, a) - score(prompt, b)) / noise))
     assert wins / n == pytest.approx(expected, abs=0.02)
-    # equal gold scores: a coin flip
-    c = "The answer is 12." + EOS_TEXT
-    wins = sum(labelers.rank(prompt, [a, c], rng, noise)[0] == 0 for _ in range(n))
-    assert wins / n == pytest.approx(0.5, abs=0.035)
+    # equal gold scores: always a tie, never a coin flip
+    c = "7 plus 5 is 12 ." + EOS_TEXT
+    assert all(labelers.rank(prompt, [a, c], rng, noise) == [0, 0] for _ in range(50))
 
 
 # -----------------------------------------------------------------------------
@@ -387,7 +430,8 @@ def test_sft_completions_correct(data_dir):
         for row in load_jsonl(str(data_dir / name), "sft"):
             assert EOS not in row["completion"]  # stored without EOS; SFT appends it
             c = components(row["prompt"], row["completion"] + EOS_TEXT)
-            assert c["correct"], row
+            # right, in either style: terse or the complete sentence the guideline asks for
+            assert c["helpful"] == 1.0 and c["score"] >= 0.75 and not c["hallucinated"], row
 
 
 def test_sft_demonstrations_as_labelers_write_them(data_dir):
@@ -409,7 +453,7 @@ def test_generate_deterministic(data_dir, tmp_path):
     generate.main(dataclasses.replace(SMALL, out_dir=str(tmp_path / "again")))
     files = sorted(os.listdir(data_dir))
     assert files == sorted(os.listdir(tmp_path / "again"))
-    assert "tokenizer.tiktoken" in files and len(files) == 7
+    assert "tokenizer.tiktoken" in files and len(files) == 8
     for name in files:
         assert (data_dir / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     generate.main(dataclasses.replace(SMALL, seed=SMALL.seed + 1, out_dir=str(tmp_path / "other")))

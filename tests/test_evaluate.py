@@ -11,6 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import common  # noqa: E402
 import evaluate  # noqa: E402
 from data import generate, world  # noqa: E402
 from data.loader import load_jsonl  # noqa: E402
@@ -39,23 +40,23 @@ def tiny_world(tmp_path_factory):
 # pure functions
 
 def test_win_rate_hand_cases():
-    rate, lo, hi = evaluate.win_rate([1.0] * 20, [0.0] * 20)
+    rate, lo, hi = common.win_rate([1.0] * 20, [0.0] * 20)
     assert rate == 1.0 and lo < 1.0 and hi == 1.0
-    rate, lo, hi = evaluate.win_rate([0.5] * 20, [0.5] * 20)
+    rate, lo, hi = common.win_rate([0.5] * 20, [0.5] * 20)
     assert rate == 0.5 and lo < 0.5 < hi
-    rate, lo, hi = evaluate.win_rate([0.0] * 20, [1.0] * 20)
+    rate, lo, hi = common.win_rate([0.0] * 20, [1.0] * 20)
     assert rate == 0.0 and lo == 0.0 and hi > 0.0
     # a win, a tie, a loss and a win: (1 + 0.5 + 0 + 1) / 4
-    assert evaluate.win_rate([1, 0.5, 0, 0.2], [0, 0.5, 1, -1])[0] == pytest.approx(0.625)
+    assert common.win_rate([1, 0.5, 0, 0.2], [0, 0.5, 1, -1])[0] == pytest.approx(0.625)
     with pytest.raises(ValueError):
-        evaluate.win_rate([1, 2], [1])
+        common.win_rate([1, 2], [1])
 
 
 def test_win_rate_interval_contains_rate_and_shrinks_with_n():
     widths = []
     for n in (8, 40, 160, 640):
         a = [1.0, 0.0, 0.5, 1.0] * (n // 4)  # 62.5% wins at every n
-        rate, lo, hi = evaluate.win_rate(a, [0.5] * n)
+        rate, lo, hi = common.win_rate(a, [0.5] * n)
         assert rate == pytest.approx(0.625) and lo <= rate <= hi
         widths.append(hi - lo)
     assert all(w1 > w2 for w1, w2 in zip(widths, widths[1:]))

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import encode_pairs
+from data.chat import encode_pairs, score_responses
 from data import generate
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
-from reward import pairwise_loss, ranking_batch, score_responses
+from reward import pairwise_loss, ranking_batch
 from sft import sft_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,133 @@
+"""
+Best-of-N: the simplest RLHF, and the ceiling PPO is measured against (Gao et al. 2022;
+Nakano et al. 2021). For each prompt the SFT model samples N responses and a judge keeps
+the one it scores highest. With the gold labeler as the judge it shows how much room the
+SFT model's own samples hold; with the reward model, how much of that room the reward
+model sees. Best-of-N moves the policy by a known amount: its KL to the SFT model is
+log N - (N - 1) / N nats (Stiennon et al. 2020, appendix), whatever the task.
+
+It also measures the reward model where PPO uses it: on fresh SFT samples, the share of
+pairs with different gold scores that it orders as the gold labeler does.
+
+For every prompt, sample 0 is the SFT baseline (as in evaluate.py, ties count half) and
+samples 1..N are the candidates, so the baseline never competes against itself.
+
+Run:
+  python bestofn.py                   # the evaluation prompts, N = 1, 4, 16; ~1 min on a CPU
+  python bestofn.py --split=val       # a validation split of training prompts: tune here
+Writes out/eval/bestofn_<split>.json.
+
+Simplified (exercises): one baseline sample per prompt; no curve of gold against KL for
+PPO's checkpoints beside it (compare with out/ppo_ptx_log.jsonl by hand).
+"""
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from common import parse_config, setup, win_rate
+from data import world
+from data.chat import sample_responses, score_responses
+from data.loader import load_jsonl
+from data.tokenizer import get_tokenizer
+from model import load_checkpoint
+
+
+@dataclasses.dataclass
+class Config:
+    data_dir: str = "out/data"
+    sft: str = "out/sft.pt"          # the policy sampled (python sft.py)
+    reward: str = "out/reward.pt"    # the judge beside the gold labeler (python reward.py)
+    split: str = "eval"              # eval: eval_prompts.jsonl; val: val_prompts.jsonl (for tuning)
+    out_dir: str = "out/eval"
+    ns: str = "1,4,16"               # the N of best-of-N
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    batch_size: int = 128
+    device: str = "auto"
+    seed: int = 1337
+
+
+def best_of_n_kl(n):
+    """KL(best-of-n || base) in nats, for a judge with no ties: log n - (n - 1) / n."""
+    return math.log(n) - (n - 1) / n
+
+
+def pick_best(judge_scores, n):
+    """Index of the best of the first n candidates for each prompt: (P, M) -> (P,)."""
+    return judge_scores[:, :n].argmax(1)
+
+
+def gold_order_accuracy(rm_scores, gold_scores):
+    """Share of pairs of one prompt's candidates with different gold scores that the reward
+    model orders as the gold labeler does (a tie in RM score counts half). (P, M) each."""
+    hits = n = 0.0
+    for rm, gold in zip(rm_scores.tolist(), gold_scores.tolist()):
+        for i in range(len(gold)):
+            for j in range(i + 1, len(gold)):
+                if gold[i] != gold[j]:
+                    n += 1
+                    d = (rm[i] - rm[j]) * (gold[i] - gold[j])
+                    hits += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+    return hits / max(n, 1)
+
+
+def main(cfg):
+    device, autocast = setup(cfg)
+    ns = [int(x) for x in cfg.ns.split(",")]
+    if min(ns) < 1:
+        raise ValueError(f"--ns: every N must be at least 1, got {cfg.ns}")
+    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts")
+    prompts = [r["prompt"] for r in rows]
+    policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name)
+    reward_model, _ = load_checkpoint(cfg.reward, device, make_cmd="python reward.py",
+                                      tokenizer=enc.name, scalar_head=True)
+    reward_model.eval()
+    M = max(ns)
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    # prompt i's sample k sits at i * (M + 1) + k; k = 0 is the baseline
+    flat = [p for p in prompts for _ in range(M + 1)]
+    responses = sample_responses(policy, enc, flat, cfg.max_new_tokens, cfg.temperature,
+                                 cfg.batch_size, device, progress=True)
+    gold = torch.tensor([world.score(p, r) for p, r in zip(flat, responses)]).view(-1, M + 1)
+    with torch.no_grad(), autocast:
+        rm = torch.cat([score_responses(reward_model, enc, flat[i:i + cfg.batch_size],
+                                        responses[i:i + cfg.batch_size], device).float().cpu()
+                        for i in range(0, len(flat), cfg.batch_size)]).view(-1, M + 1)
+    baseline, cand_gold, cand_rm = gold[:, 0], gold[:, 1:], rm[:, 1:]
+    families = [world.parse(p)[0] for p in prompts]
+    by_family = {fam: gold_order_accuracy(cand_rm[idx], cand_gold[idx]) for fam in world.FAMILIES
+                 if (idx := torch.tensor([f == fam for f in families])).any()}
+    results = dict(split=cfg.split, n_prompts=len(prompts), sft_gold=baseline.mean().item(),
+                   rm_gold_order_accuracy=gold_order_accuracy(cand_rm, cand_gold),
+                   rm_gold_order_accuracy_by_family=by_family, best_of={})
+    print(f"{len(prompts)} {cfg.split} prompts x {M + 1} SFT samples, {time.time() - t0:.0f} s; "
+          f"SFT gold score {results['sft_gold']:.3f}")
+    print(f"reward model on fresh SFT samples: orders {results['rm_gold_order_accuracy']:.1%} of "
+          "the pairs with different gold scores as the gold labeler does; by family: "
+          + ", ".join(f"{fam} {acc:.0%}" for fam, acc in by_family.items()))
+    print("| N | KL (nats) | judge | gold score | win vs SFT [95% CI] |\n|---|---|---|---|---|")
+    for n in ns:
+        for judge, scores in (("gold", cand_gold), ("reward model", cand_rm)):
+            best = cand_gold[torch.arange(len(prompts)), pick_best(scores, n)]
+            rate, lo, hi = win_rate(best.tolist(), baseline.tolist())
+            results["best_of"][f"{n}_{judge.replace(' ', '_')}"] = dict(
+                n=n, judge=judge, kl=best_of_n_kl(n), gold=best.mean().item(), win=rate, lo=lo, hi=hi)
+            print(f"| {n} | {best_of_n_kl(n):.2f} | {judge} | {best.mean().item():.3f} | "
+                  f"{rate:.0%} [{lo:.0%}, {hi:.0%}] |")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    path = os.path.join(cfg.out_dir, f"bestofn_{cfg.split}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_config(Config, sys.argv[1:]))
