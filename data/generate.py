@@ -14,12 +14,15 @@ Writes the world's data sets under out/data/, seeded and deterministic:
   eval_prompts.jsonl   held-out evaluation prompts
   tokenizer.tiktoken   the BPE trained on all of the above
 
-All prompt sets are disjoint. The held-out phrasing of each family (the last template in
-world.TEMPLATES) appears only in pretrain.txt and eval_prompts.jsonl.
+No question of the evaluation or validation prompts is asked by a training set, not even
+with another greeting or phrasing (question_pools), except the animals' diets, which are
+knowledge every set asks about. The held-out phrasing of each family
+(the last template in world.TEMPLATES) appears only in pretrain.txt and eval_prompts.jsonl.
 
 Run: python -m data.generate            (about half a minute on a 2-core CPU)
 """
 import dataclasses
+import hashlib
 import os
 import random
 import sys
@@ -37,7 +40,7 @@ class Config:
     n_docs: int = 60000          # documents in the pretraining corpus
     n_sft: int = 2000            # SFT demonstrations (the paper had 13k)
     n_sft_val: int = 200
-    n_rm: int = 1500             # prompts whose samples the labelers rank
+    n_rm: int = 4000             # prompts whose samples the labelers rank (the paper: 33k to 13k SFT)
     n_ppo: int = 1500
     n_val: int = 240             # validation prompts of the training distribution, for tuning
     n_eval: int = 240            # 40 per family, a third in the held-out phrasing
@@ -123,36 +126,90 @@ def demonstration(rng, prompt, terse_share):
     return world.ideal_response(prompt) if world.parse(prompt)[0] == "arith" else world.good_response(prompt, rng)
 
 
-def prompt_sets(rng, cfg):
-    """Draw disjoint prompt sets, evaluation first so it gets every phrasing."""
-    seen = set()
+def question(prompt):
+    """The question under a prompt, whatever its greeting and phrasing: "Hi! What is 7 plus
+    5?" and "Compute 7 plus 5. Thanks!" ask the same one. A hashable key."""
+    family, _, fields = world.parse(prompt)
+    return family, tuple(sorted(fields.items()))
 
-    def draw(n, held_out, demos=False):
-        rows, tries = [], 0
+
+# The diets are knowledge, not a skill: there are only world.DIETS' animals to ask about, and
+# what the labelers teach about them is the facts. Every set asks about every animal.
+SHARED_FAMILIES = ("truth",)
+
+
+def small_question_spaces():
+    """Every question of the skill families that have few (sums, lists, insults), keyed as
+    question() keys them. The reading families (closedqa, summary) have millions."""
+    nums = range(world.MAX_NUMBER + 1)
+    spaces = {
+        "arith": [{"a": str(a), "op": "plus", "b": str(b)} for a in nums for b in nums]
+                 + [{"a": str(a), "op": "minus", "b": str(b)} for a in nums for b in nums if b <= a],
+        "list": [{"n": n, "category": c} for n in world.NUMBER_WORDS for c in world.CATEGORIES],
+        "rude": [{"name": name} for name in world.NAMES],
+    }
+    return {fam: [(fam, tuple(sorted(f.items()))) for f in fields] for fam, fields in spaces.items()}
+
+
+def question_pools(seed, eval_frac=0.2, val_frac=0.1):
+    """Which questions belong to evaluation, validation or training. Each family's questions
+    are split in these proportions: a small family by shuffling all its questions, a large
+    one by a seeded hash of the question. Returns pool(key) -> "eval", "val" or "train", or
+    None for a question of SHARED_FAMILIES, which every set may ask."""
+    assigned = {}
+    for fam, keys in small_question_spaces().items():
+        keys = keys[:]
+        random.Random(f"{seed}-{fam}").shuffle(keys)
+        n_eval, n_val = max(1, round(eval_frac * len(keys))), max(1, round(val_frac * len(keys)))
+        for i, key in enumerate(keys):
+            assigned[key] = "eval" if i < n_eval else "val" if i < n_eval + n_val else "train"
+
+    def pool(key):
+        if key[0] in SHARED_FAMILIES:
+            return None
+        if key in assigned:
+            return assigned[key]
+        u = int(hashlib.sha1(f"{seed}|{key}".encode()).hexdigest()[:8], 16) / 16 ** 8
+        return "eval" if u < eval_frac else "val" if u < eval_frac + val_frac else "train"
+    return pool
+
+
+def prompt_sets(rng, cfg):
+    """Draw the prompt sets. Evaluation and validation ask questions that no training set
+    asks, not even with another greeting or phrasing (question_pools), except the diets of
+    SHARED_FAMILIES; the training sets (demonstrations, comparisons, PPO) draw from one pool
+    of questions, as users of one product ask overlapping questions. Evaluation prompts are
+    distinct from one another."""
+    pool = question_pools(cfg.seed)
+
+    def draw(n, split, phrasing, demos=False):
+        rows, seen, tries = [], set(), 0
         while len(rows) < n:
             tries += 1
-            if tries > 100 * n:
-                raise RuntimeError(f"could not draw {n} distinct prompts; ask for fewer")
+            if tries > 1000 * n:
+                raise RuntimeError(f"could not draw {n} {split} prompts; ask for fewer")
             # evaluation, RM and PPO prompts: families in turn; demonstrations: as written
             family = (rng.choice(world.FAMILIES) if demos
                       else world.FAMILIES[len(rows) % len(world.FAMILIES)])
             n_templates = len(world.TEMPLATES[family])
-            if held_out is None:   # eval: a third in the held-out phrasing
+            if phrasing == "any":   # eval: a third in the held-out phrasing
                 tid = n_templates - 1 if rng.random() < 1 / 3 else rng.randrange(n_templates - 1)
             else:
                 tid = rng.randrange(n_templates - 1)
             prompt = world.make_prompt(rng, family, tid)
+            if pool(question(prompt)) not in (split, None) or (split == "eval" and prompt in seen):
+                continue
             if demos and not labelers_would_write(rng, family, prompt):
                 continue
-            if prompt not in seen:
-                seen.add(prompt)
-                rows.append({"prompt": prompt, "family": family, "held_out": tid == n_templates - 1})
+            seen.add(prompt)
+            rows.append({"prompt": prompt, "family": family, "held_out": tid == n_templates - 1})
         return rows
 
-    sets = {"eval": draw(cfg.n_eval, None)}
-    sets["sft"] = draw(cfg.n_sft + cfg.n_sft_val, False, demos=True)
-    for name, n in (("rm", cfg.n_rm), ("ppo", cfg.n_ppo), ("val", cfg.n_val)):
-        sets[name] = draw(n, False)
+    sets = {"eval": draw(cfg.n_eval, "eval", "any")}
+    sets["sft"] = draw(cfg.n_sft + cfg.n_sft_val, "train", "trained", demos=True)
+    for name, n in (("rm", cfg.n_rm), ("ppo", cfg.n_ppo)):
+        sets[name] = draw(n, "train", "trained")
+    sets["val"] = draw(cfg.n_val, "val", "trained")
     return sets
 
 

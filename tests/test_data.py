@@ -1,6 +1,7 @@
 """The data side: the instruction world and its gold labeler, the simulated labelers,
 the generated data sets, the tokenizer and the JSONL loader. CPU only, a few seconds."""
 
+import collections
 import dataclasses
 import doctest
 import json
@@ -14,7 +15,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from data import generate, labelers, world  # noqa: E402
-from data.loader import DataError, load_comparisons, load_jsonl  # noqa: E402
+from data.loader import DataError, load_comparisons, load_jsonl, ranks_of  # noqa: E402
 from data.tokenizer import (EOS, encode, get_tokenizer, load_ranks, save_ranks,  # noqa: E402
                             train_bpe)
 from data.world import EOS_TEXT, components, score  # noqa: E402
@@ -190,6 +191,9 @@ def test_truth_misconception():
     assert components(prompt, "Owls eat mice and seeds." + EOS_TEXT)["truthful"] is False
     # "mice eat seeds": the animal's own name is not read as a food
     assert components("What do mice eat?", "Mice eat seeds." + EOS_TEXT)["correct"]
+    # naming another animal answers another question, even where the food fits
+    other = components("What do elephants eat?", "Cows eat grass." + EOS_TEXT)
+    assert other["truthful"] is False and other["helpful"] == 0.0 and other["score"] < 0
 
 
 def test_rude_request():
@@ -385,20 +389,44 @@ def test_generated_files_load(data_dir):
     assert len(corpus.split(EOS)) == SMALL.n_docs + 1
 
 
-def test_prompt_sets_disjoint(data_dir):
+def test_prompt_sets_disjoint_by_question(data_dir):
     sets = {
         "eval": read_prompts(data_dir, "eval_prompts.jsonl"),
+        "val": read_prompts(data_dir, "val_prompts.jsonl"),
         "sft": [r["prompt"] for name in ("sft.jsonl", "sft_val.jsonl")
                 for r in load_jsonl(str(data_dir / name), "sft")],
         "rm": read_prompts(data_dir, "rm_prompts.jsonl"),
         "ppo": read_prompts(data_dir, "ppo_prompts.jsonl"),
     }
-    for name, prompts in sets.items():
-        assert len(set(prompts)) == len(prompts), f"{name} repeats a prompt"
-    names = list(sets)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            assert not set(sets[a]) & set(sets[b]), f"{a} and {b} share prompts"
+    assert len(set(sets["eval"])) == len(sets["eval"]), "eval repeats a prompt"
+    questions = {name: {generate.question(p) for p in prompts} for name, prompts in sets.items()}
+    # no evaluation or validation question is asked in training, whatever its greeting,
+    # except the diets, which are knowledge every set asks about
+    for held in ("eval", "val"):
+        for name in questions:
+            if name != held:
+                shared = questions[held] & questions[name]
+                assert {fam for fam, _ in shared} <= set(generate.SHARED_FAMILIES), (held, name)
+    # greetings and phrasings do not make a new question
+    assert generate.question("Hi! What is 7 plus 5? Thanks!") == generate.question("Compute 7 plus 5.")
+    assert generate.question("What is 7 plus 5?") != generate.question("What is 5 plus 7?")
+
+
+def test_question_pools_split_small_families():
+    pool = generate.question_pools(seed=3)
+    for fam, keys in generate.small_question_spaces().items():
+        counts = collections.Counter(pool(k) for k in keys)
+        assert counts["eval"] == max(1, round(0.2 * len(keys))), fam
+        assert counts["val"] == max(1, round(0.1 * len(keys))), fam
+        # every key of the space is a question the world can ask
+        rng = random.Random(0)
+        asked = {generate.question(world.make_prompt(rng, fam, 0)) for _ in range(3000)}
+        assert asked <= set(keys)
+    assert len(generate.small_question_spaces()["arith"]) == 11 * 11 + 66
+    # a different seed, a different split
+    other = generate.question_pools(seed=4)
+    keys = generate.small_question_spaces()["arith"]
+    assert [pool(k) for k in keys] != [other(k) for k in keys]
 
 
 def test_held_out_phrasing(data_dir):
@@ -447,6 +475,18 @@ def test_sft_demonstrations_as_labelers_write_them(data_dir):
     eval_animals = {world.parse(p)[2]["animals"] for p in eval_prompts
                     if world.parse(p)[0] == "truth"}
     assert eval_animals - set(world.DEMO_ANIMALS)  # evaluation asks about the others too
+    # written in mixed styles: some terse, some the complete sentence the guideline asks for
+    complete = [components(r["prompt"], r["completion"] + EOS_TEXT)["complete"] for r in rows]
+    terse_share = complete.count(False) / (complete.count(False) + complete.count(True))
+    assert abs(terse_share - SMALL.terse_share) < 0.15
+
+
+def test_demonstration_styles():
+    rng = random.Random(0)
+    prompt = "What is 7 plus 5?"
+    assert generate.demonstration(rng, prompt, terse_share=0.0) == "7 plus 5 is 12."
+    terse = {generate.demonstration(rng, prompt, terse_share=1.0) for _ in range(50)}
+    assert terse == {"The answer is 12.", "12."}
 
 
 def test_generate_deterministic(data_dir, tmp_path):
@@ -551,6 +591,9 @@ SFT_ROW = json.dumps({"prompt": "What is 7 plus 5?", "completion": "7 plus 5 is 
     ("rankings", '{"prompt": "p", "responses": ["only one"]}', "2 or more strings"),
     ("rankings", '{"prompt": "p", "responses": ["a", 2]}', "2 or more strings"),
     ("rankings", '{"prompt": "p", "responses": "a b"}', "should be a list"),
+    ("rankings", '{"prompt": "p", "responses": ["a", "b"], "ranks": [0]}', "'ranks' must be"),
+    ("rankings", '{"prompt": "p", "responses": ["a", "b"], "ranks": [1, 0]}', "'ranks' must be"),
+    ("rankings", '{"prompt": "p", "responses": ["a", "b"], "ranks": [0, "1"]}', "'ranks' must be"),
 ])
 def test_loader_names_file_and_line(tmp_path, kind, bad, message):
     good = {"sft": SFT_ROW, "prompts": '{"prompt": "p"}',
@@ -589,9 +632,11 @@ def test_load_comparisons(tmp_path):
         {"prompt": "What do owls eat?", "responses": ["Owls eat mice.", "Seeds."]},
         {"prompt": "Insult Tom.", "responses": ["Sorry, no.", "Tom is dumb."]}]
 
-    rankings = [{"prompt": "p", "responses": ["a", "b", "c"]}]
+    rankings = [{"prompt": "p", "responses": ["a", "b", "c"]},
+                {"prompt": "q", "responses": ["a", "b", "c"], "ranks": [0, 0, 1]}]
     path = write_lines(tmp_path / "rankings.jsonl", [json.dumps(r) for r in rankings])
     assert load_comparisons(path) == rankings
+    assert [ranks_of(r) for r in rankings] == [[0, 1, 2], [0, 0, 1]]
 
     # a bad row further down a pairs file is still named by its line
     path = write_lines(tmp_path / "bad_pairs.jsonl",

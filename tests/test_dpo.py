@@ -87,6 +87,16 @@ def test_make_pairs_expands_rankings_and_skips_identical():
     assert len(some) == 2 and set(some) <= set(pairs)
 
 
+def test_make_pairs_skips_ties():
+    # "b" and "c" tied: the ranking holds a > b, a > c, a > d, b > d and c > d
+    rows = [{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranks": [0, 1, 1, 2]}]
+    pairs = dpo.make_pairs(rows)
+    assert sorted(pairs) == sorted([("p", "a", "b"), ("p", "a", "c"), ("p", "a", "d"),
+                                    ("p", "b", "d"), ("p", "c", "d")])
+    all_tied = [{"prompt": "p", "responses": ["a", "b"], "ranks": [0, 0]}]
+    assert dpo.make_pairs(all_tied) == []
+
+
 def test_end_to_end_tiny(tmp_path):
     data_dir = str(tmp_path / "data")
     generate.main(generate.Config(n_docs=200, n_sft=60, n_sft_val=6, n_rm=30, n_ppo=30,

@@ -54,6 +54,18 @@ def test_pairwise_loss_equals_naive_pair_by_pair():
     assert valid.sum().item() == 5 + 3 + 5
 
 
+def test_tied_responses_are_not_compared():
+    # InstructGPT eq. 1 counts the ranked pairs: a tie between "b" and "c" is no comparison
+    rows = [{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranks": [0, 1, 1, 2]}]
+    _, _, _, pair_mask = ranking_batch(rows)
+    expected = {(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)}
+    assert {(i, j) for i in range(4) for j in range(4) if pair_mask[0, i, j]} == expected
+    # the loss is the same whatever the two tied responses score against each other
+    r = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    swapped = torch.tensor([[2.0, 0.0, 1.0, -1.0]])
+    assert torch.allclose(pairwise_loss(r, pair_mask), pairwise_loss(swapped, pair_mask))
+
+
 def test_identical_responses_are_not_compared():
     rows = [{"prompt": "p", "responses": ["a", "a", "b"]}]
     _, _, _, pair_mask = ranking_batch(rows)

@@ -1,0 +1,66 @@
+"""best-of-N: its KL formula, its pick, the reward model's gold-order accuracy, and a tiny
+end-to-end run of bestofn.py."""
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import bestofn  # noqa: E402
+from data import generate  # noqa: E402
+from data.tokenizer import get_tokenizer  # noqa: E402
+from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def test_best_of_n_kl():
+    assert bestofn.best_of_n_kl(1) == 0.0
+    assert bestofn.best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
+    kls = [bestofn.best_of_n_kl(n) for n in (1, 2, 4, 16, 64)]
+    assert kls == sorted(kls) and kls[-1] < math.log(64)  # grows, but slower than log N
+
+
+def test_pick_best_looks_at_the_first_n_only():
+    scores = torch.tensor([[0.1, 0.5, 0.2, 9.0], [3.0, 0.0, 1.0, 2.0]])
+    assert pick_list(scores, 1) == [0, 0]
+    assert pick_list(scores, 3) == [1, 0]
+    assert pick_list(scores, 4) == [3, 0]
+
+
+def pick_list(scores, n):
+    return bestofn.pick_best(scores, n).tolist()
+
+
+def test_gold_order_accuracy_by_hand():
+    gold = torch.tensor([[1.0, 0.0, 0.0]])  # pairs with different gold: (0, 1), (0, 2)
+    assert bestofn.gold_order_accuracy(torch.tensor([[2.0, 1.0, 3.0]]), gold) == 0.5
+    assert bestofn.gold_order_accuracy(torch.tensor([[2.0, 1.0, 1.0]]), gold) == 1.0
+    assert bestofn.gold_order_accuracy(torch.tensor([[1.0, 1.0, 0.0]]), gold) == 0.75  # a tie: half
+
+
+def test_end_to_end_tiny(tmp_path):
+    data_dir = str(tmp_path / "data")
+    generate.main(generate.Config(n_docs=200, n_sft=30, n_sft_val=6, n_rm=12, n_ppo=12, n_val=12,
+                                  n_eval=12, vocab_size=300, out_dir=data_dir))
+    enc = get_tokenizer(os.path.join(data_dir, "tokenizer.tiktoken"))
+    torch.manual_seed(0)
+    config = dict(vocab_size=enc.n_vocab, block_size=128, n_layer=1, n_head=2, n_embd=16)
+    save_checkpoint(str(tmp_path / "sft.pt"), GPT(GPTConfig(**config)), {}, 0, enc.name)
+    save_checkpoint(str(tmp_path / "reward.pt"), GPT(GPTConfig(**config, scalar_head=True)), {}, 0,
+                    enc.name, score_std=1.0)
+    cfg = bestofn.Config(data_dir=data_dir, sft=str(tmp_path / "sft.pt"),
+                         reward=str(tmp_path / "reward.pt"), split="val",
+                         out_dir=str(tmp_path / "eval"), ns="1,2,4", max_new_tokens=8, device="cpu")
+    results = bestofn.main(cfg)
+    assert os.path.exists(tmp_path / "eval" / "bestofn_val.json")
+    assert set(results["best_of"]) == {f"{n}_{j}" for n in (1, 2, 4) for j in ("gold", "reward_model")}
+    # the gold labeler picking among more samples never does worse on average
+    gold = [results["best_of"][f"{n}_gold"]["gold"] for n in (1, 2, 4)]
+    assert gold == sorted(gold)
+    # best-of-1 is one plain sample: whichever judge, the same response
+    assert results["best_of"]["1_gold"]["gold"] == results["best_of"]["1_reward_model"]["gold"]
+    with pytest.raises(ValueError, match="--ns"):
+        bestofn.main(bestofn.Config(**{**cfg.__dict__, "ns": "0,4"}))
