@@ -6,14 +6,16 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   3. sft         python sft.py              supervised fine-tuning on demonstrations
   4. compare     python -m data.collect     SFT samples ranked by the simulated labelers
   5. reward      python reward.py           the reward model
-  6. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
-  7. ppo         python ppo.py --ptx_coef=0 plain PPO
-  8. dpo         python dpo.py              DPO on the same comparisons
-  9. evaluate    python evaluate.py         the paper's table in miniature
+  6. bestofn     python bestofn.py          best-of-N: the room in SFT's samples, and the RM's view of it
+  7. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
+  8. ppo         python ppo.py --ptx_coef=0 plain PPO
+  9. dpo         python dpo.py              DPO on the same comparisons
+ 10. evaluate    python evaluate.py         the paper's table in miniature
 
 Each stage is a script that also runs alone. A stage whose output already exists is
 skipped; --redo=sft,reward (or --redo=all) runs those stages again, and every stage after
-a redone one as well, since its input changed. --device=cuda (or cpu, mps) is passed on.
+a redone one as well, since its input changed. --device=cuda (or cpu, mps) is passed on;
+--seed=N goes to data.generate and makes another world (run it in a fresh out/).
 
 Run:  python pipeline.py
 """
@@ -28,16 +30,18 @@ STAGES = [  # name, command, the file it makes
     ("sft", ["sft.py"], "out/sft.pt"),
     ("compare", ["-m", "data.collect"], "out/comparisons.jsonl"),
     ("reward", ["reward.py"], "out/reward.pt"),
+    ("bestofn", ["bestofn.py"], "out/eval/bestofn_eval.json"),
     ("ppo_ptx", ["ppo.py"], "out/ppo_ptx.pt"),
     ("ppo", ["ppo.py", "--ptx_coef=0"], "out/ppo.pt"),
     ("dpo", ["dpo.py"], "out/dpo.pt"),
     ("evaluate", ["evaluate.py"], "out/eval/table.md"),
 ]
-USAGE = "usage: python pipeline.py [--redo=all|STAGE,STAGE...] [--device=auto|cpu|cuda|mps]"
+USAGE = ("usage: python pipeline.py [--redo=all|STAGE,STAGE...] [--device=auto|cpu|cuda|mps] "
+         "[--seed=N]")
 
 
 def main(argv):
-    redo, device = set(), None
+    redo, device, seed = set(), None, None
     names = [name for name, _, _ in STAGES]
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -49,6 +53,8 @@ def main(argv):
                                  f"stages are {', '.join(names)}")
         elif key == "--device" and value:
             device = value
+        elif key == "--seed" and value.isdigit():
+            seed = value
         else:
             raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
     t_start, changed = time.time(), False
@@ -57,6 +63,7 @@ def main(argv):
             print(f"[{i}/{len(STAGES)}] {name}: {output} exists, skipped (--redo={name} to run it again)")
             continue
         args = cmd + ([f"--device={device}"] if device and name != "data" else [])
+        args += [f"--seed={seed}"] if seed and name == "data" else []
         print(f"\n[{i}/{len(STAGES)}] {name}: python {' '.join(args)}", flush=True)
         t0 = time.time()
         result = subprocess.run([sys.executable] + args)
