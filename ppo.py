@@ -11,7 +11,7 @@ free, so the log shows reward over-optimisation as it happens (Gao et al. 2022):
 KL to the reference grows, the RM score keeps rising while the gold score rises, then falls.
 
 Run:
-  python ppo.py                               # CPU preset, PPO-ptx, ~5 min -> out/ppo_ptx.pt
+  python ppo.py                               # CPU preset, PPO-ptx, 2-5 min -> out/ppo_ptx.pt
   python ppo.py --ptx_coef=0                  # plain PPO -> out/ppo.pt
   python ppo.py --device=cuda                 # GPU preset: larger batches, more iterations
   python ppo.py --adaptive_kl=true --kl_target=3   # Ziegler et al.'s adaptive beta
@@ -59,13 +59,13 @@ class Config:
     device: str = "auto"             # auto: cuda, then mps, then cpu
     seed: int = 1337
     # rollouts
-    iters: int = 45                  # PPO iterations: one rollout batch and its update each
+    iters: int = 80                  # PPO iterations: one rollout batch and its update each
     batch_size: int = 64             # prompts (episodes) per rollout
     max_new_tokens: int = 48         # responses that never emit EOS are cut here
     temperature: float = 1.0         # sampling temperature; log-probs use the same one
     no_eos_penalty: float = -1.0     # the score of a response that never ends, whatever the RM says
     # reward = score - beta * KL (InstructGPT eq. 2), advantages by GAE
-    beta: float = 0.02               # KL coefficient, the paper's value
+    beta: float = 0.1                # KL coefficient (the paper: 0.02); see the note below
     adaptive_kl: bool = False        # adapt beta toward kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0           # nats per response
     kl_horizon: int = 10000          # episodes over which beta adapts (Ziegler et al.: 10000)
@@ -74,7 +74,7 @@ class Config:
     # PPO update
     update_epochs: int = 2           # passes over each rollout batch (4 is common; 2 fits a CPU)
     minibatch_size: int = 32         # episodes per gradient step
-    lr: float = 5e-5                 # policy learning rate (Adam)
+    lr: float = 2e-4                 # policy learning rate (Adam)
     vf_lr: float = 1e-4              # value model learning rate (its own Adam)
     clip_eps: float = 0.2            # PPO ratio clip
     clip_value: float = 0.2          # value predictions are clipped this far from the old ones
@@ -87,6 +87,13 @@ class Config:
     n_samples: int = 3
     save_every: int = 0              # also save every this many iterations (0: at the end only)
 
+
+# The KL coefficient. The score is in units of the RM's std on the demonstrations. At the
+# paper's 0.02, PPO found within a few thousand episodes answers this small RM overrates
+# and that no SFT sample would give (a polite refusal, or "Cows eat grass.", to every
+# question about diets): the gold score fell while the RM score rose. At 0.1 the policy
+# stays about 1 nat from SFT, where the RM's judgement still holds (tuned on the
+# validation prompts; python bestofn.py shows the same limit for best-of-N).
 
 # the GPU preset: the GPU models are ~10M parameters; more episodes per update
 GPU = dict(iters=200, batch_size=256, minibatch_size=64, update_epochs=4, ptx_batch_size=32)

@@ -22,7 +22,7 @@ import random
 
 from data import world
 
-NOISE = 0.36
+NOISE = 0.32
 
 
 def rank(prompt, responses, rng, noise=NOISE):
