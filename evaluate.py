@@ -181,14 +181,21 @@ def cell(text):
     return text.replace(EOS, " [EOS]").replace("|", "\\|").replace("\n", "<br>")
 
 
-def reading(m, perfect=None):
+def reading(m, perfect=None, best_of=None):
     """A few lines setting the measured numbers beside the paper's, computed from `m`;
-    `perfect`: the win rate against SFT of the demonstrations' own answers, as win_rate gives it."""
+    `perfect`: the win rate against SFT of the guideline's own answers, as win_rate gives it;
+    `best_of`: bestofn.py's results on the same prompts, if it was run."""
     best = next((n for n in ("ppo_ptx", "ppo", "dpo") if n in m), "sft")  # InstructGPT if made
     a, w, lines = m[best], m[best]["win_vs_sft"], []
     if best != "sft":
         lines.append(f"- {best} win rate vs SFT: {fmt(w['rate'])} "
                      f"(95% CI {fmt(w['lo'])}-{fmt(w['hi'])}).")
+    if best_of and best != "sft":  # the simplest RLHF, at a known KL: the yardstick for PPO
+        n = max(b["n"] for b in best_of.values())
+        rm, gold = best_of[f"{n}_reward_model"], best_of[f"{n}_gold"]
+        lines.append(f"- best-of-{n} SFT samples (KL {rm['kl']:.2f} nats) chosen by the reward model "
+                     f"wins {fmt(rm['win'])}, by the gold labeler {fmt(gold['win'])}; {best} wins "
+                     f"{fmt(w['rate'])} at KL {fmt(a['kl_to_sft'], '.2f')} (python bestofn.py).")
     if perfect:  # ties count half, so SFT's perfect answers cap every model's win rate
         lines.append(f"- a perfect answer to every prompt would win {fmt(perfect[0])} vs SFT: "
                      f"SFT's own answer is already perfect on {fmt(2 * (1 - perfect[0]))} of them, "
@@ -219,7 +226,7 @@ def reading(m, perfect=None):
     return lines
 
 
-def tables(m, samples, prompts, rows, cfg, notes, perfect=None):
+def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
     """table.md: the main table, gold score per family, answers side by side, the reading."""
     out = ["| model | gold score | win vs SFT [95% CI] | correct | hallucination | truthful | "
            "toxic (rude) | toxic (all) | ends with EOS | length | held-out loss | KL to SFT |",
@@ -254,7 +261,7 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None):
         if i is not None:
             j = i * cfg.n_samples
             out.append(f"| {cell(prompts[j])} | " + " | ".join(cell(samples[n][j]) for n in m) + " |")
-    return "\n".join(out + ["", "Against the paper:"] + reading(m, perfect)) + "\n"
+    return "\n".join(out + ["", "Against the paper:"] + reading(m, perfect, best_of)) + "\n"
 
 
 # -----------------------------------------------------------------------------
@@ -329,7 +336,12 @@ def main(cfg):
     # the guideline's answer scores the best the gold labeler gives (1.0) on every prompt
     perfect = win_rate([world.score(p, world.ideal_response(p) + world.EOS_TEXT) for p in prompts],
                        scores["sft"])
-    table = tables(m, samples, prompts, rows, cfg, notes, perfect)
+    best_of = None  # bestofn.py's results on these prompts, when it has run
+    bon_path = os.path.join(cfg.out_dir, f"bestofn_{cfg.split}.json")
+    if os.path.exists(bon_path) and not cfg.n_prompts:
+        with open(bon_path) as f:
+            best_of = json.load(f)["best_of"]
+    table = tables(m, samples, prompts, rows, cfg, notes, perfect, best_of)
     print("\n" + table)
     os.makedirs(cfg.out_dir, exist_ok=True)
     results = dict(config=dataclasses.asdict(cfg), n_prompts=len(rows), skipped=notes,

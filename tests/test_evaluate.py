@@ -161,3 +161,16 @@ def test_missing_files_name_the_command(tiny_world, tmp_path):
                           device="cpu")
     with pytest.raises(FileNotFoundError, match="sft.pt.*python sft.py"):
         evaluate.main(cfg)
+
+
+def test_reading_sets_best_of_n_beside_the_policy():
+    win = dict(rate=0.7, lo=0.6, hi=0.8)
+    m = {"sft": dict(win_vs_sft=dict(rate=0.5, lo=0.4, hi=0.6), kl_to_sft=0.0,
+                     held_out_phrasing=0.5, trained_phrasing=0.5),
+         "ppo_ptx": dict(win_vs_sft=win, kl_to_sft=1.2, held_out_phrasing=0.6, trained_phrasing=0.7)}
+    best_of = {f"{n}_{judge}": dict(n=n, kl=0.0 if n == 1 else 1.84, win=w)
+               for n, judge, w in ((1, "gold", 0.5), (1, "reward_model", 0.5),
+                                   (16, "gold", 0.8), (16, "reward_model", 0.64))}
+    text = "\n".join(evaluate.reading(m, best_of=best_of))
+    assert "best-of-16" in text and "64%" in text and "80%" in text and "KL 1.20" in text
+    assert "best-of" not in "\n".join(evaluate.reading(m))  # only when bestofn.py has run
