@@ -240,7 +240,9 @@ def passage_facts(passage):
 
 
 def good_response(prompt, rng=None):
-    """What a careful labeler writes: correct, polite, concise (the SFT demonstrations)."""
+    """A right, polite, concise answer, in any of the styles people write it: the internet's
+    good answers, and the complete-sentence half of the demonstrations (sums aside, whose
+    "The answer is 12." is terse). ideal_response is the one the guideline prefers."""
     rng = rng or random.Random(0)
     family, tid, f = parse(prompt)
     if family == "arith":
