@@ -87,16 +87,20 @@ def resolve_device(name="auto"):
 _announced = set()
 
 
-# options that count passes, steps or examples: zero would train nothing yet save a model
-AT_LEAST_ONE = ("epochs", "max_iters", "iters", "batch_size", "minibatch_size", "update_epochs")
+# options that count passes, steps, examples or an interval: zero would train nothing yet
+# save a model, or divide by zero
+AT_LEAST_ONE = ("epochs", "max_iters", "iters", "batch_size", "minibatch_size", "update_epochs",
+                "log_interval", "eval_interval", "eval_iters")
 
 
 def setup(cfg):
-    """Check the counting options, seed everything, pick the device and the autocast context;
-    print the choice once."""
+    """Check the counting options and the temperature, seed everything, pick the device and
+    the autocast context; print the choice once."""
     for name in AT_LEAST_ONE:
         if getattr(cfg, name, 1) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if getattr(cfg, "temperature", 0) < 0:  # 0 is greedy decoding; below it, nonsense
+        raise ConfigError(f"--temperature must be 0 (greedy) or more, got {cfg.temperature}")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

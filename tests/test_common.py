@@ -98,6 +98,22 @@ def test_setup_refuses_a_zero_count(script):
         setup(cfg)
 
 
+@pytest.mark.parametrize("script,name", [("pretrain", "log_interval"), ("pretrain", "eval_interval"),
+                                         ("sft", "log_interval"), ("reward", "log_interval")])
+def test_setup_refuses_a_zero_interval(script, name):
+    cfg = __import__(script).Config(**{name: 0}, device="cpu")
+    with pytest.raises(ConfigError, match=f"--{name} must be at least 1"):
+        setup(cfg)
+
+
+@pytest.mark.parametrize("module", ["data.collect", "evaluate", "bestofn"])
+def test_setup_refuses_a_negative_temperature(module):
+    import importlib
+    cfg = importlib.import_module(module).Config(temperature=-1.0, device="cpu")
+    with pytest.raises(ConfigError, match="--temperature must be 0"):
+        setup(cfg)
+
+
 def test_gpu_preset_only_on_cuda():
     # an explicit device name is taken as given, so no GPU is needed to test this
     assert parse_config(Config, ["--device=cpu"], gpu=GPU) == Config()

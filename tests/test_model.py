@@ -273,6 +273,20 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(loaded(idx), model(idx))
 
 
+def test_non_finite_weights_are_never_saved(tmp_path):
+    path = str(tmp_path / "sft.pt")
+    good = tiny_model()
+    save_checkpoint(path, good, {}, step=1, tokenizer="bpe-64")
+    before = open(path, "rb").read()
+    bad = tiny_model()
+    with torch.no_grad():
+        next(bad.parameters())[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite at step 2"):
+        save_checkpoint(path, bad, {}, step=2, tokenizer="bpe-64")
+    assert open(path, "rb").read() == before  # the last good checkpoint is untouched
+    assert os.listdir(tmp_path) == ["sft.pt"]
+
+
 def test_missing_checkpoint_names_path_and_command(tmp_path):
     path = str(tmp_path / "nope.pt")
     with pytest.raises(FileNotFoundError) as err:

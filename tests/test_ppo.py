@@ -245,9 +245,11 @@ def make_world(tmp_path, nan_reward=False):
         rm.wte.weight[:, 0], rm.wte.weight[:, 1] = sign, -sign
         rm.ln_f.weight.fill_(1.0)                 # LayerNorm turns (s, -s, 0, ...) into (4s/|s|, ...)
         rm.score_head.weight[0, 0] = 0.25
-        if nan_reward:
-            rm.score_head.bias.fill_(float("nan"))
     save_checkpoint(str(tmp_path / "reward.pt"), rm, {}, 0, enc.name, score_std=1.0)
+    if nan_reward:  # a broken file from elsewhere: save_checkpoint itself refuses NaN weights
+        ckpt = torch.load(str(tmp_path / "reward.pt"), weights_only=True)
+        ckpt["model"]["score_head.bias"].fill_(float("nan"))
+        torch.save(ckpt, str(tmp_path / "reward.pt"))
     return Config(data_dir=str(data), sft=str(tmp_path / "sft.pt"), reward=str(tmp_path / "reward.pt"),
                   device="cpu", iters=10, batch_size=32, max_new_tokens=8, minibatch_size=16, update_epochs=4,
                   lr=3e-3, vf_lr=3e-3, ptx_batch_size=4, sample_every=0)
