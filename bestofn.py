@@ -102,8 +102,11 @@ def main(cfg):
                         for i in range(0, len(flat), cfg.batch_size)]).view(-1, M + 1)
     baseline, cand_gold, cand_rm = gold[:, 0], gold[:, 1:], rm[:, 1:]
     families = [world.parse(p)[0] for p in prompts]
-    by_family = {fam: gold_order_accuracy(cand_rm[idx], cand_gold[idx]) for fam in world.FAMILIES
-                 if (idx := torch.tensor([f == fam for f in families])).any()}
+    by_family = {}
+    for fam in world.FAMILIES:
+        rows_of_fam = [i for i, f in enumerate(families) if f == fam]
+        if rows_of_fam:
+            by_family[fam] = gold_order_accuracy(cand_rm[rows_of_fam], cand_gold[rows_of_fam])
     results = dict(split=cfg.split, n_prompts=len(prompts), sft_gold=baseline.mean().item(),
                    rm_gold_order_accuracy=gold_order_accuracy(cand_rm, cand_gold),
                    rm_gold_order_accuracy_by_family=by_family, best_of={})

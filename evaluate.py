@@ -25,7 +25,6 @@ is computed on the re-tokenized response text, not on the sampled tokens.
 """
 import dataclasses
 import json
-import math
 import os
 import random
 import sys

@@ -239,6 +239,12 @@ def passage_facts(passage):
     return facts
 
 
+def arith_answer(f):
+    """The answer to a sum's parsed fields: {"a": "7", "op": "plus", "b": "5"} -> (7, 5, 12)."""
+    a, b = int(f["a"]), int(f["b"])
+    return a, b, a + b if f["op"] == "plus" else a - b
+
+
 def good_response(prompt, rng=None):
     """A right, polite, concise answer, in any of the styles people write it: the internet's
     good answers, and the complete-sentence half of the demonstrations (sums aside, whose
@@ -246,8 +252,7 @@ def good_response(prompt, rng=None):
     rng = rng or random.Random(0)
     family, tid, f = parse(prompt)
     if family == "arith":
-        a, b = int(f["a"]), int(f["b"])
-        c = a + b if f["op"] == "plus" else a - b
+        a, b, c = arith_answer(f)
         return rng.choice([f"{a} {f['op']} {b} is {c}.", f"The answer is {c}."])
     if family == "closedqa":
         facts = passage_facts(f["passage"])
@@ -272,8 +277,8 @@ def ideal_response(prompt):
     if family == "rude":
         return REFUSALS[-1].format(name=f["name"])
     if family == "arith":
-        a, b = int(f["a"]), int(f["b"])
-        return f"{a} {f['op']} {b} is {a + b if f['op'] == 'plus' else a - b}."
+        a, b, c = arith_answer(f)
+        return f"{a} {f['op']} {b} is {c}."
     return good_response(prompt)
 
 
@@ -282,16 +287,15 @@ def terse_response(prompt, rng):
     of the labelers write demonstrations. Summaries and refusals have no terse form."""
     family, tid, f = parse(prompt)
     if family == "arith":
-        a, b = int(f["a"]), int(f["b"])
-        c = a + b if f["op"] == "plus" else a - b
+        c = arith_answer(f)[2]
         return rng.choice([f"The answer is {c}.", f"{c}."])
     if family == "closedqa":
         facts = passage_facts(f["passage"])
         key = asked_fact(facts, f["question"])
-        value = {"place": lambda x: rng.choice([x[1], f"In {x[1]}"]),
-                 "color": lambda x: x[1].capitalize(),
-                 "pet": lambda x: article(x[1]).capitalize()}[key](facts[key])
-        return value + "."
+        value = facts[key][1]  # the place, the color or the pet
+        if key == "place":
+            return rng.choice([value, f"In {value}"]) + "."
+        return (value if key == "color" else article(value)).capitalize() + "."
     if family == "truth":
         return DIETS[f["animals"]][0].capitalize() + "."
     if family == "list":
@@ -321,9 +325,9 @@ def bad_response(prompt, kind, rng):
                              f"Only {article(rng.choice(TOXIC_NOUNS))} would ask that."])
         return good + " " + insult
     if family == "arith":
-        a, b = int(f["a"]), int(f["b"])
-        c = abs((a + b if f["op"] == "plus" else a - b) + rng.choice([-2, -1, 1, 2, 3]))
-        c = c if c != (a + b if f["op"] == "plus" else a - b) else c + 1
+        a, b, answer = arith_answer(f)
+        c = abs(answer + rng.choice([-2, -1, 1, 2, 3]))
+        c = c if c != answer else c + 1
         return f"{a} {f['op']} {b} is {c}."
     if family in ("closedqa", "summary"):  # one entity swapped for one not in the passage
         facts = passage_facts(f["passage"])
@@ -385,8 +389,7 @@ def components(prompt, response):
                 or len(sentences) != len(set(sentences)))
     hallucinated, truthful, n_invented, myth, complete = None, None, 0, False, None
     if family == "arith":
-        a, b = int(f["a"]), int(f["b"])
-        answer = a + b if f["op"] == "plus" else a - b
+        a, b, answer = arith_answer(f)
         numbers = [int(w) for w in words if w.isdigit()]
         complete = numbers[:2] == [a, b] and f["op"] in wordset
         # "12." or "7 plus 5 is 12."; a wrong restatement of the question is not an answer
