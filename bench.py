@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import pretrain
-from common import parse_config, resolve_device
+from common import check_options, parse_config, resolve_device
 from model import GPT, GPTConfig
 
 
@@ -103,6 +103,7 @@ def bench_generation(preset, device, cfg, use_cache):
 
 
 def main(cfg):
+    check_options(cfg)
     device = resolve_device(cfg.device)
     presets = [cfg.preset] if cfg.preset != "auto" else (["cpu", "gpu"] if device == "cuda" else ["cpu"])
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -128,11 +129,12 @@ def main(cfg):
 def bench_ppo(device, cfg):
     """A few real PPO iterations (CPU or GPU preset by device) on the pipeline's checkpoints."""
     import ppo
-    ppo_cfg = ppo.Config(iters=cfg.ppo_iters, sample_every=0, device=device,
-                         out=os.path.join(tempfile.mkdtemp(), "ppo.pt"))
-    if device == "cuda":
-        ppo_cfg = dataclasses.replace(ppo_cfg, **ppo.GPU, iters=cfg.ppo_iters)
-    history = ppo.main(ppo_cfg)[1:]  # the first iteration warms up
+    with tempfile.TemporaryDirectory() as tmp:  # the checkpoint and log are thrown away
+        ppo_cfg = ppo.Config(iters=cfg.ppo_iters, sample_every=0, device=device,
+                             out=os.path.join(tmp, "ppo.pt"))
+        if device == "cuda":
+            ppo_cfg = dataclasses.replace(ppo_cfg, **ppo.GPU, iters=cfg.ppo_iters)
+        history = ppo.main(ppo_cfg)[1:]  # the first iteration warms up
     per_iter = statistics.median(h["s_per_iter"] for h in history)
     # rollout seconds = tokens generated / rollout tokens per second
     rollout = statistics.median(h["resp_len"] * ppo_cfg.batch_size / h["rollout_tok_s"] for h in history)

@@ -29,9 +29,9 @@ import time
 
 import torch
 
-from common import parse_config, setup, win_rate
+from common import ConfigError, parse_config, setup, win_rate
 from data import world
-from data.chat import sample_responses, score_responses
+from data.chat import row_check, sample_responses, score_responses
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint
@@ -78,15 +78,18 @@ def gold_order_accuracy(rm_scores, gold_scores):
 
 def main(cfg):
     device, autocast = setup(cfg)
+    if not all(x.strip().isdigit() and int(x) >= 1 for x in cfg.ns.split(",")):
+        raise ConfigError(f"--ns must be whole numbers, each at least 1, separated by commas; "
+                          f"got {cfg.ns!r}")
     ns = [int(x) for x in cfg.ns.split(",")]
-    if min(ns) < 1:
-        raise ValueError(f"--ns: every N must be at least 1, got {cfg.ns}")
     enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
-    rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts")
-    prompts = [r["prompt"] for r in rows]
-    policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name)
+    policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name,
+                                kind="language model")
     reward_model, _ = load_checkpoint(cfg.reward, device, make_cmd="python reward.py",
-                                      tokenizer=enc.name, scalar_head=True)
+                                      tokenizer=enc.name, scalar_head=True, kind="reward model")
+    rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts",
+                      check=row_check(enc, policy.config.block_size, cfg.max_new_tokens, gold=True))
+    prompts = [r["prompt"] for r in rows]
     reward_model.eval()
     M = max(ns)
     t0 = time.time()

@@ -1,7 +1,8 @@
 """
-Shared plumbing for the stage scripts: config parsing, device and dtype, seeding,
-JSONL logging and the one-line log. Nothing here is part of the learning algorithms;
-each script keeps its own math and its own training loop.
+Shared plumbing for the stage scripts: config parsing and the options' allowed ranges,
+device and dtype, seeding, JSONL logging and the one-line log, the check that stops a run
+before a NaN reaches its weights, and one-line error messages. Nothing here is part of the
+learning algorithms; each script keeps its own math and its own training loop.
 """
 import contextlib
 import dataclasses
@@ -10,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 
@@ -26,6 +28,23 @@ class ConfigError(ValueError):
     pass
 
 
+# Mistakes a user can make (an option out of range, a missing or malformed file, a checkpoint
+# of the wrong kind, a run that went non-finite) end a script with one line naming them and
+# exit status 1; any other exception is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def one_line_errors(kind, error, tb):
+    """sys.excepthook for the scripts (parse_config installs it)."""
+    if issubclass(kind, USER_ERRORS):
+        print(f"error: {error}", file=sys.stderr)
+    elif issubclass(kind, KeyboardInterrupt):
+        print("interrupted; files are written whole or not at all, so what is on disk is "
+              "the last finished work", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, error, tb)
+
+
 def _convert(name, text, typ):
     """Turn the command-line string `text` into the field's type, or say why not."""
     if typ is bool or typ == "bool":
@@ -37,16 +56,21 @@ def _convert(name, text, typ):
     for t, word in ((int, "an integer"), (float, "a number")):
         if typ is t or typ == t.__name__:
             try:
-                return t(text)
+                value = t(text)
             except ValueError:
                 raise ConfigError(f"--{name} expects {word}, got {text!r}") from None
+            if not math.isfinite(value):  # float("nan") and float("inf") parse
+                raise ConfigError(f"--{name} expects a finite number, got {text!r}")
+            return value
     return text  # str fields
 
 
 def parse_config(cls, argv=None, gpu=None):
     """Build the dataclass `cls` from its defaults (the CPU preset), then the GPU preset
     `gpu` (a dict of overrides, applied when the chosen device is cuda), then every
-    --name=value on the command line. Unknown names and wrong types raise ConfigError."""
+    --name=value on the command line. Unknown names and wrong types raise ConfigError.
+    Every script calls it first, so from here on a user's error prints as one line."""
+    sys.excepthook = one_line_errors
     argv = sys.argv[1:] if argv is None else argv
     fields = {f.name: f for f in dataclasses.fields(cls)}
     given = {}
@@ -72,6 +96,68 @@ def parse_config(cls, argv=None, gpu=None):
 
 
 # -----------------------------------------------------------------------------
+# the allowed values of the options, by name, the same in every script that has the option
+
+def at_least(lo):
+    return (lambda x: x >= lo), f"at least {lo}"
+
+
+def above(lo):
+    return (lambda x: x > lo), f"more than {lo}"
+
+
+def between(lo, hi):
+    return (lambda x: lo <= x <= hi), f"between {lo} and {hi}"
+
+
+def inside(lo, hi):
+    return (lambda x: lo < x < hi), f"more than {lo} and less than {hi}"
+
+
+def one_of(*choices):
+    return (lambda x: x in choices), "one of " + ", ".join(choices)
+
+
+OPTION_RANGES = {
+    # counts, sizes and intervals: zero would train nothing yet save a model, or divide by zero
+    **dict.fromkeys(["epochs", "max_iters", "iters", "update_epochs", "batch_size",
+                     "minibatch_size", "ptx_batch_size", "gen_batch", "eval_iters",
+                     "eval_interval", "log_interval", "eval_batches", "max_new_tokens",
+                     "new_tokens", "n_layer", "n_head", "n_embd", "block_size", "kl_horizon",
+                     "n_samples", "repeats", "train_steps", "n_docs", "n_sft", "n_sft_val",
+                     "n_rm", "n_ppo", "n_val", "n_eval"], at_least(1)),
+    # where 0 means none, or all, or never
+    **dict.fromkeys(["warmup_iters", "n_eval_prompts", "n_prompts", "n_shots", "pairs_per_prompt",
+                     "sample_every", "save_every", "ppo_iters"], at_least(0)),
+    # coefficients: 0 switches a term off (beta 0: no KL penalty in PPO); below, nonsense
+    **dict.fromkeys(["min_lr", "weight_decay", "ptx_coef", "beta"], at_least(0)),
+    # rates, clips and temperatures: at 0 nothing moves, or sampling divides by zero
+    **dict.fromkeys(["lr", "vf_lr", "grad_clip", "max_grad_norm", "kl_target", "clip_value",
+                     "temperature", "noise"], above(0)),
+    **dict.fromkeys(["val_frac", "clip_eps"], inside(0, 1)),
+    **dict.fromkeys(["gamma", "lam", "terse_share", "myth_rate"], between(0, 1)),
+    "dropout": ((lambda x: 0 <= x < 1), "at least 0 and less than 1"),
+    "k": between(2, 9),                      # the paper ranked 4 to 9 responses
+    "seed": between(0, 2**32 - 1),           # what numpy accepts
+    "vocab_size": between(257, 65536),       # 256 bytes and EOS; the corpus is stored as uint16
+    "split": one_of("eval", "val"),
+    "preset": one_of("auto", "cpu", "gpu"),
+}
+
+
+def check_options(cfg, **ranges):
+    """Check every option of cfg that has an allowed range, in OPTION_RANGES or in `ranges`
+    (a script's own, where it differs), and the device, before any work starts."""
+    ranges = {**OPTION_RANGES, **ranges}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in ranges and not ranges[f.name][0](value):
+            raise ConfigError(f"--{f.name} must be {ranges[f.name][1]}, got {value!r}")
+    if hasattr(cfg, "device"):
+        check_device(cfg.device)
+
+
+# -----------------------------------------------------------------------------
 # device, dtype, seed
 
 def resolve_device(name="auto"):
@@ -84,23 +170,25 @@ def resolve_device(name="auto"):
     return "cpu"
 
 
+def check_device(name):
+    """--device names auto, cpu, cuda, cuda:N or mps, and one this machine has."""
+    if name not in ("auto", "cpu", "mps") and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device={name}, but this machine has no CUDA device; "
+                          "use --device=auto or --device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise ConfigError("--device=mps, but this machine has no MPS device; use --device=auto")
+
+
 _announced = set()
 
 
-# options that count passes, steps, examples or an interval: zero would train nothing yet
-# save a model, or divide by zero
-AT_LEAST_ONE = ("epochs", "max_iters", "iters", "batch_size", "minibatch_size", "update_epochs",
-                "log_interval", "eval_interval", "eval_iters")
-
-
-def setup(cfg):
-    """Check the counting options and the temperature, seed everything, pick the device and
-    the autocast context; print the choice once."""
-    for name in AT_LEAST_ONE:
-        if getattr(cfg, name, 1) < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    if getattr(cfg, "temperature", 0) < 0:  # 0 is greedy decoding; below it, nonsense
-        raise ConfigError(f"--temperature must be 0 (greedy) or more, got {cfg.temperature}")
+def setup(cfg, **ranges):
+    """Check the options (check_options), seed everything, pick the device and the autocast
+    context; print the choice once."""
+    check_options(cfg, **ranges)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -131,18 +219,25 @@ def write_jsonl(path, rows):
     """Write rows atomically: a reader never sees half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a failed write leaves nothing behind
+            os.remove(tmp)
 
 
 class Logger:
-    """One line per interval on stdout and the same numbers as a JSONL row."""
+    """One line per interval on stdout and the same numbers as a JSONL row. The rows go to
+    path + ".tmp" as they come, and close() moves that file over `path` when the run has
+    finished: a run that fails or is stopped leaves the last finished run's log in place."""
 
     def __init__(self, path):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.f = open(path, "w")
+        self.path = path
+        self.f = open(path + ".tmp", "w")
         self.t0 = time.time()
 
     def log(self, step, line=True, **metrics):
@@ -153,6 +248,22 @@ class Logger:
             parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in metrics.items()]
             print(f"step {step} | " + " | ".join(parts), flush=True)
+
+    def close(self):
+        self.f.close()
+        os.replace(self.path + ".tmp", self.path)
+
+
+def check_finite(where, values):
+    """Stop a run before a NaN or inf reaches its weights, its log or a checkpoint. `values`
+    maps names to tensors or numbers; the training loops pass the loss and the gradient norm
+    (clip_grad_norm_ returns it, measured before clipping) before the optimiser step."""
+    for name, value in values.items():
+        value = torch.as_tensor(value)
+        if not torch.isfinite(value).all():
+            shown = f"{value.item()}" if value.numel() == 1 else "not finite"
+            raise FloatingPointError(f"{where}: {name} is {shown}; stopped without saving, so "
+                                     "any checkpoint already on disk is the last good one")
 
 
 # -----------------------------------------------------------------------------

@@ -44,11 +44,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, parse_config, setup
+from common import Logger, above, check_finite, parse_config, setup
 from data import world
-from data.chat import encode_pairs, gold_check
+from data.chat import encode_pairs, gold_check, load_eval_prompts, row_check
 from data.labelers import ranked_pairs
-from data.loader import load_comparisons, ranks_of
+from data.loader import DataError, load_comparisons, ranks_of
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint, save_checkpoint, token_logprobs
 
@@ -163,16 +163,27 @@ def evaluate(model, enc, pairs, ref_chosen, ref_rejected, cfg, device, autocast)
 
 
 def main(cfg):
-    device, autocast = setup(cfg)
+    device, autocast = setup(cfg, beta=above(0))  # at beta 0 the loss is log 2 whatever the policy
     enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
-    rows = load_comparisons(cfg.comparisons)
+    # no dropout: the policy must equal the reference exactly at step 0 (loss = log 2)
+    model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
+                               dropout=0.0, kind="language model")
+    rows = load_comparisons(cfg.comparisons, check=row_check(enc, model.config.block_size))
+    eval_prompts = load_eval_prompts(cfg.data_dir, enc, model.config.block_size,
+                                     cfg.max_new_tokens, cfg.n_eval_prompts)
     n_val = max(1, int(cfg.val_frac * len(rows)))  # held out by prompt, not by pair
+    if n_val == len(rows):
+        raise DataError(f"{cfg.comparisons}: --val_frac={cfg.val_frac} holds out all {len(rows)} "
+                        "of its rankings, leaving none to train on")
     rng = random.Random(cfg.seed)
     train_pairs = make_pairs(rows[:-n_val], cfg.pairs_per_prompt, rng)
     val_pairs = make_pairs(rows[-n_val:], cfg.pairs_per_prompt, rng)
-    # no dropout: the policy must equal the reference exactly at step 0 (loss = log 2)
-    model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
-                               dropout=0.0)
+    for pairs, n, name in ((train_pairs, len(rows) - n_val, "to train on"),
+                           (val_pairs, n_val, "held out")):
+        if not pairs:  # every pair a tie, or of identical responses
+            raise DataError(f"{cfg.comparisons}: the {n} rankings {name} hold no ranked pair "
+                            "of distinct responses, only ties; it needs more comparisons, or "
+                            "another --val_frac")
     print(f"DPO on {len(train_pairs)} pairs from {len(rows) - n_val} prompts, {len(val_pairs)} "
           f"pairs from {n_val} held-out prompts; beta {cfg.beta}; {model.num_params() / 1e6:.2f}M "
           f"parameters from {cfg.init}")
@@ -214,7 +225,8 @@ def main(cfg):
                 logp_chosen.float(), logp_rejected.float(), ref_chosen[idx].to(device),
                 ref_rejected[idx].to(device), cfg.beta)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            check_finite(f"dpo step {it}", {"loss": loss, "gradient norm": grad_norm})
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if it % cfg.log_interval == 0:
@@ -226,6 +238,7 @@ def main(cfg):
                            rejected=rejected_rewards.mean().item(), lr=lr_at(it))
             it += 1
         val = evaluate(model, enc, val_pairs, val_ref_chosen, val_ref_rejected, cfg, device, autocast)
+        check_finite(f"dpo epoch {epoch}", {"validation loss": val["loss"]})
         logger.log(it, epoch=epoch, val_loss=val["loss"], val_acc=val["acc"],
                    val_gold_acc=val["gold_acc"], val_margin=val["margin"],
                    seconds=round(time.time() - t0, 1))
@@ -239,8 +252,9 @@ def main(cfg):
     # 4. The gold labeler's verdict on the held-out evaluation prompts, SFT beside DPO.
     if cfg.n_eval_prompts:
         sft, _ = load_checkpoint(cfg.init, device)
-        gold_check({"sft": sft, "dpo": model}, enc, cfg.data_dir, cfg.n_eval_prompts,
-                   cfg.max_new_tokens, device, cfg.seed, logger, it)
+        gold_check({"sft": sft, "dpo": model}, enc, eval_prompts, cfg.max_new_tokens, device,
+                   cfg.seed, logger, it)
+    logger.close()
     return val
 
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import parse_config, setup, win_rate, write_jsonl
+from common import ConfigError, parse_config, setup, win_rate, write_jsonl
 from data import world
-from data.chat import decode_responses, encode_pairs
+from data.chat import decode_responses, encode_pairs, row_check
 from data.corpus import get_batch, load_corpus
 from data.loader import load_jsonl
 from data.tokenizer import EOS, encode, get_tokenizer
@@ -93,9 +93,13 @@ def few_shot_shots(exclude, n_shots=3, seed=0):
     rng = random.Random(seed)
     shots = []
     for family in SHOT_FAMILIES[:n_shots]:
-        prompt = world.make_prompt(rng, family, 0)
-        while any(prompt in e or e in prompt for e in exclude):
+        for _ in range(10_000):  # bounded: a very short prompt in `exclude` is in every prompt
             prompt = world.make_prompt(rng, family, 0)
+            if not any(prompt in e or e in prompt for e in exclude):
+                break
+        else:
+            raise ValueError(f"no {family} prompt for the few-shot prefix avoids every evaluation "
+                             f"prompt; is one of them very short? {min(exclude, key=len)!r}")
         shots.append((prompt, world.ideal_response(prompt)))
     return shots
 
@@ -267,18 +271,19 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
 
 def main(cfg):
     device, autocast = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
-    rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts")
-    rows = rows[:cfg.n_prompts] if cfg.n_prompts else rows
-    _, val_tokens = load_corpus(cfg.data_dir, enc)
     asked = {n.strip() for n in cfg.models.split(",") if n.strip()}
     if asked - set(STAGES):
-        raise ValueError(f"--models: unknown {', '.join(sorted(asked - set(STAGES)))}; "
-                         f"known: {', '.join(STAGES)}")
+        raise ConfigError(f"--models: unknown {', '.join(sorted(asked - set(STAGES)))}; "
+                          f"known: {', '.join(STAGES)}")
+    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
     # SFT is the baseline of the win rates and the reference of the KL: it must exist
     ref, _ = load_checkpoint(os.path.join(cfg.ckpt_dir, STAGES["sft"][0]), device,
-                             make_cmd=STAGES["sft"][1], tokenizer=enc.name)
+                             make_cmd=STAGES["sft"][1], tokenizer=enc.name, kind="language model")
     block_size = ref.config.block_size
+    rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts",
+                      check=row_check(enc, block_size, cfg.max_new_tokens, gold=True))
+    rows = rows[:cfg.n_prompts] if cfg.n_prompts else rows
+    _, val_tokens = load_corpus(cfg.data_dir, enc, block_size)
     # prompt i's k-th sample sits at i * n_samples + k, for every model alike
     prompts = [r["prompt"] for r in rows for _ in range(cfg.n_samples)]
     shots = few_shot_shots({r["prompt"] for r in rows}, cfg.n_shots, cfg.seed)
@@ -293,7 +298,8 @@ def main(cfg):
             notes.append(f"{name}: skipped, no {path}; make it with: {STAGES[name][1]}")
             continue
         t0 = time.time()
-        model = ref if name == "sft" else load_checkpoint(path, device, tokenizer=enc.name)[0]
+        model = ref if name == "sft" else load_checkpoint(path, device, make_cmd=STAGES[name][1],
+                                                          tokenizer=enc.name, kind="language model")[0]
         if name == "base":  # the paper's "GPT-3 prompted": a few-shot prefix, then the prompt
             fitted = [few_shot_context(shots, p, enc, model.config.block_size - cfg.max_new_tokens)
                       for p in prompts]

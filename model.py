@@ -23,6 +23,7 @@ What is simplified, and could be exercises:
 
 import math
 import os
+import pickle
 from dataclasses import dataclass, asdict
 
 import torch
@@ -41,6 +42,18 @@ class GPTConfig:
     bias: bool = True          # biases in Linear and LayerNorm, as in GPT-2
     use_sdpa: bool = False     # False: attention written out; True: F.scaled_dot_product_attention
     scalar_head: bool = False  # True: a Linear(n_embd, 1) "score_head" replaces the unembedding
+
+    def __post_init__(self):
+        # a config that cannot build a model says so here, by name, not as a shape error later
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number, at least 1, got {value!r}")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"n_embd {self.n_embd} must be n_head {self.n_head} times an even "
+                             "head size (rotary positions turn pairs of channels)")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be at least 0 and less than 1, got {self.dropout!r}")
 
 
 class KVCache:
@@ -90,8 +103,6 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        assert config.n_embd % config.n_head == 0 and (config.n_embd // config.n_head) % 2 == 0, \
-            "n_embd / n_head must be an even head size (rotary positions turn channel pairs)"
         self.layer_idx = layer_idx  # which slot of the KV cache is ours
         self.n_head, self.n_embd = config.n_head, config.n_embd
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
@@ -322,20 +333,29 @@ def save_checkpoint(path, model, train_config, step, tokenizer, **extra):
             "train_config": train_config, "step": step, "tokenizer": tokenizer, **extra}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"  # same directory, so os.replace is a rename on one filesystem
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a save that failed or was interrupted leaves nothing behind
+            os.remove(tmp)
 
 
 def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_head=None,
-                    dropout=None):
-    """Returns (model in eval mode on device, checkpoint dict). scalar_head=True on an LM
-    checkpoint keeps the body and starts a zero score head (SFT -> reward model)."""
+                    dropout=None, kind=None):
+    """Returns (model in eval mode on device, checkpoint dict). kind="language model" or
+    "reward model" refuses a checkpoint of the other kind, naming it and make_cmd, before
+    any shape error could. scalar_head=True on an LM checkpoint keeps the body and starts a
+    fresh score head (SFT -> reward model)."""
     if not os.path.exists(path):
         msg = f"no checkpoint at {path}"
         raise FileNotFoundError(msg + (f"; make it with: {make_cmd}" if make_cmd else ""))
     try:
         # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
         ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's own message suggests weights_only=False: no
+        raise ValueError(f"{path} is not a checkpoint of tensors and plain data, the only kind "
+                         "this code loads (it never runs code from a file)") from e
     except Exception as e:
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
@@ -345,9 +365,13 @@ def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_he
                          f"but this run uses {tokenizer!r}")
     try:
         config = GPTConfig(**ckpt["model_config"])
-    except TypeError as e:
-        raise ValueError(f"{path} has an unknown model_config: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its model_config cannot build a model: {e}") from e
     saved_scalar = config.scalar_head
+    saved_kind = "reward model" if saved_scalar else "language model"
+    if kind is not None and kind != saved_kind:
+        raise ValueError(f"{path} is a {saved_kind}; this stage needs a {kind}"
+                         + (f", made by: {make_cmd}" if make_cmd else ""))
     if dropout is not None:  # fine-tuning may use another dropout than pretraining did
         config.dropout = dropout
     if scalar_head is not None:

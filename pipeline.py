@@ -14,7 +14,9 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
 
 Each stage is a script that also runs alone. A stage whose output already exists is
 skipped; --redo=sft,reward (or --redo=all) runs those stages again, and every stage after
-a redone one as well, since its input changed. --device=cuda (or cpu, mps) is passed on;
+a redone one as well, since its input changed. A stage that failed or was interrupted is
+run again by the next `python pipeline.py`, with every stage after it: out/pipeline_unfinished
+names it until the last stage is done. --device=cuda (or cpu, mps) is passed on;
 --seed=N goes to data.generate and makes another world (run it in a fresh out/).
 
 Run:  python pipeline.py
@@ -36,6 +38,9 @@ STAGES = [  # name, command, the file it makes
     ("dpo", ["dpo.py"], "out/dpo.pt"),
     ("evaluate", ["evaluate.py"], "out/eval/table.md"),
 ]
+# the stage that has started and not yet finished: written before each stage, removed after
+# the last, so a stage that failed or was killed is never taken for done, whatever it left
+UNFINISHED = "out/pipeline_unfinished"
 USAGE = ("usage: python pipeline.py [--redo=all|STAGE,STAGE...] [--device=auto|cpu|cuda|mps] "
          "[--seed=N]")
 
@@ -49,29 +54,42 @@ def main(argv):
             redo = set(names) if value == "all" else set(value.split(","))
             unknown = redo - set(names)
             if unknown:
-                raise SystemExit(f"--redo: unknown stage {', '.join(sorted(unknown))}; "
+                raise SystemExit(f"error: --redo: unknown stage {', '.join(sorted(unknown))}; "
                                  f"stages are {', '.join(names)}")
         elif key == "--device" and value:
             device = value
         elif key == "--seed" and value.isdigit():
             seed = value
         else:
-            raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
+            raise SystemExit(f"error: unknown argument {arg!r}\n{USAGE}")
+    unfinished = open(UNFINISHED).read().strip() if os.path.exists(UNFINISHED) else None
     t_start, changed = time.time(), False
     for i, (name, cmd, output) in enumerate(STAGES, 1):
-        if os.path.exists(output) and name not in redo and not changed:
+        if name == unfinished and not changed:
+            print(f"[{i}/{len(STAGES)}] {name}: the last run of this stage did not finish; "
+                  "running it and every later stage again")
+        elif os.path.exists(output) and name not in redo and not changed:
             print(f"[{i}/{len(STAGES)}] {name}: {output} exists, skipped (--redo={name} to run it again)")
             continue
         args = cmd + ([f"--device={device}"] if device and name != "data" else [])
         args += [f"--seed={seed}"] if seed and name == "data" else []
         print(f"\n[{i}/{len(STAGES)}] {name}: python {' '.join(args)}", flush=True)
+        os.makedirs(os.path.dirname(UNFINISHED), exist_ok=True)
+        with open(UNFINISHED, "w") as f:
+            f.write(name)
         t0 = time.time()
-        result = subprocess.run([sys.executable] + args)
+        try:
+            result = subprocess.run([sys.executable] + args)
+        except KeyboardInterrupt:
+            raise SystemExit(f"\ninterrupted during stage {name}; python pipeline.py runs it "
+                             "again, with every later stage") from None
         if result.returncode != 0:
-            raise SystemExit(f"stage {name} failed (exit {result.returncode}); "
-                             f"fix it and run: python pipeline.py")
+            raise SystemExit(f"error: stage {name} failed (exit {result.returncode}); fix it and "
+                             "run python pipeline.py, which runs it again, with every later stage")
         print(f"[{i}/{len(STAGES)}] {name}: done in {time.time() - t0:.0f} s", flush=True)
         changed = True
+    if os.path.exists(UNFINISHED):
+        os.remove(UNFINISHED)
     print(f"\npipeline finished in {(time.time() - t_start) / 60:.1f} min")
 
 

@@ -38,9 +38,9 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import Logger, parse_config, setup
+from common import Logger, check_finite, parse_config, setup
 from data import world
-from data.chat import decode_responses, encode_prompts
+from data.chat import decode_responses, encode_prompts, row_check
 from data.corpus import get_batch, load_corpus
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
@@ -231,34 +231,27 @@ def heldout_lm_loss(model, tokens, block_size, n_windows=32):
     return ptx_loss(model(x.to(device)), y.to(device), 1.0).item()
 
 
-def check_finite(name, value, it):
-    """Stop before a NaN or inf can reach the weights (and before anything is saved)."""
-    if not torch.isfinite(value).all():
-        raise FloatingPointError(f"{name} is not finite at iteration {it}; stopping without "
-                                 "saving, so the last checkpoint on disk is the last good one")
-
-
 # -----------------------------------------------------------------------------
 
 def main(cfg):
     device, autocast = setup(cfg)
-    if cfg.temperature <= 0:
-        raise ValueError("PPO samples its responses: --temperature must be > 0")
     out = cfg.out or f"out/ppo{'_ptx' if cfg.ptx_coef > 0 else ''}{'_gold' if cfg.gold_reward else ''}.pt"
     enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
     eos = enc.eot_token
-    prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "ppo_prompts.jsonl"), "prompts")]
     train_tokens, val_tokens = load_corpus(cfg.data_dir, enc)  # for the ptx term and the tax
 
     # four models, all in eval mode: RL has no dropout, so before the first step the
     # new/old ratio is exactly 1 (Huang et al. 2023)
-    policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name)
+    policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name,
+                                kind="language model")
     ref_policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name)
     reward_model, rm_ckpt = load_checkpoint(cfg.reward, device, make_cmd="python reward.py",
-                                            tokenizer=enc.name)
+                                            tokenizer=enc.name, kind="reward model")
     if not reward_model.config.scalar_head or "score_std" not in rm_ckpt:
         raise ValueError(f"{cfg.reward} is not a reward model with a score_std; make one with: python reward.py")
     value_model, _ = load_checkpoint(cfg.reward, device, tokenizer=enc.name, scalar_head=True)
+    fits = row_check(enc, policy.config.block_size, cfg.max_new_tokens, gold=True)
+    prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "ppo_prompts.jsonl"), "prompts", check=fits)]
     ref_policy.requires_grad_(False)
     reward_model.requires_grad_(False)
     score_std = rm_ckpt["score_std"]  # scores / score_std: the demonstrations score mean 0, std 1
@@ -314,8 +307,8 @@ def main(cfg):
             entropy = masked_mean(entropy_from_logits(logits), response_mask)
         # 4. per-token rewards: -beta * KL at each token, the score at the last (InstructGPT eq. 2)
         rewards, kl = kl_penalty_rewards(logprobs, ref_logprobs, penalised, response_mask, kl_ctl.beta)
-        for name, x in (("reward model score", scores), ("value", values), ("KL to the reference", kl)):
-            check_finite(name, x, it)
+        check_finite(f"ppo iteration {it}", {"reward model score": scores, "value": values,
+                                             "KL to the reference": kl})
         # 5. advantages by GAE (gamma 1, lambda 0.95), returns = A + V, then whiten A
         advantages, returns = compute_gae(rewards, values, response_mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, response_mask)
@@ -346,15 +339,16 @@ def main(cfg):
                         ptx = ptx_loss(policy(x), y, cfg.ptx_coef)
                     loss = loss + ptx
                     stats["ptx"].append(ptx.item() / cfg.ptx_coef)
-                check_finite("policy loss", loss, it)
-                check_finite("value loss", vf_loss, it)
+                check_finite(f"ppo iteration {it}", {"policy loss": loss, "value loss": vf_loss})
                 policy_opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                check_finite(f"ppo iteration {it}", {"policy gradient norm": grad_norm})
                 policy_opt.step()
                 value_opt.zero_grad(set_to_none=True)  # the value model learns on its own
                 vf_loss.backward()
-                torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.max_grad_norm)
+                vf_grad_norm = torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.max_grad_norm)
+                check_finite(f"ppo iteration {it}", {"value gradient norm": vf_grad_norm})
                 value_opt.step()
                 for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("clipfrac", clipfrac),
                              ("approx_kl", approx_kl)):
@@ -397,6 +391,7 @@ def main(cfg):
     print(f"alignment tax: held-out pretraining loss {tax_before:.4f} (SFT) -> {tax_after:.4f}")
     logger.log(cfg.iters, line=False, heldout_lm_loss_sft=tax_before, heldout_lm_loss=tax_after,
                s_per_iter=elapsed / cfg.iters, rollout_tok_s=gen_tokens / gen_time)
+    logger.close()
     return history
 
 

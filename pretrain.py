@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import Logger, parse_config, setup
+from common import Logger, check_finite, parse_config, setup
 from data import world
-from data.chat import sample_responses
-from data.loader import load_jsonl
+from data.chat import load_eval_prompts, sample_responses
 from data.tokenizer import encode, get_tokenizer
 from data.corpus import get_batch, load_corpus
 from model import GPT, GPTConfig, lm_loss, save_checkpoint
@@ -113,12 +112,14 @@ if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
     device, autocast = setup(cfg)
     enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
-    train_tokens, val_tokens = load_corpus(cfg.data_dir, enc)
-    print(f"corpus: {len(train_tokens):,} train tokens, {len(val_tokens):,} held out")
-
     model_cfg = GPTConfig(vocab_size=enc.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                          use_sdpa=cfg.use_sdpa)
+                          use_sdpa=cfg.use_sdpa)  # checks that the options make a model
+    train_tokens, val_tokens = load_corpus(cfg.data_dir, enc, cfg.block_size)
+    print(f"corpus: {len(train_tokens):,} train tokens, {len(val_tokens):,} held out")
+    prompts = load_eval_prompts(cfg.data_dir, enc, cfg.block_size, cfg.max_new_tokens,
+                                cfg.n_eval_prompts)  # for the end; checked now
+
     model = GPT(model_cfg).to(device)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters")
     # weight decay on matrices and embeddings only, not on biases or LayerNorm gains
@@ -138,7 +139,8 @@ if __name__ == "__main__":
         with autocast:
             loss = lm_loss(model, x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite(f"pretrain step {it}", {"loss": loss, "gradient norm": grad_norm})
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += x.numel()
@@ -148,17 +150,17 @@ if __name__ == "__main__":
                        "tok_per_s": round(tokens_seen / (time.time() - t0))}
             if it % cfg.eval_interval == 0 or it == cfg.max_iters - 1:
                 metrics["val_loss"] = estimate_loss(model, val_tokens, cfg, device, autocast)
+                check_finite(f"pretrain step {it}", {"held-out loss": metrics["val_loss"]})
             logger.log(it, line="val_loss" in metrics, **metrics)
 
     val_loss = estimate_loss(model, val_tokens, cfg, device, autocast)
+    check_finite(f"pretrain step {cfg.max_iters}", {"held-out loss": val_loss})
     save_checkpoint(cfg.out, model, dataclasses.asdict(cfg), cfg.max_iters, enc.name,
                     val_loss=val_loss)
     print(f"saved {cfg.out}: held-out loss {val_loss:.4f}, "
           f"{tokens_seen / (time.time() - t0):,.0f} training tokens/s")
 
     # The base model, asked in the chat format, answers the held-out evaluation prompts.
-    rows = load_jsonl(os.path.join(cfg.data_dir, "eval_prompts.jsonl"), "prompts")[: cfg.n_eval_prompts]
-    prompts = [r["prompt"] for r in rows]
     responses = sample_responses(model, enc, prompts, cfg.max_new_tokens, temperature=1.0,
                                  device=device, progress=True)
     for p, r in list(zip(prompts, responses))[:4]:
@@ -169,3 +171,4 @@ if __name__ == "__main__":
     copying = copy_probe(model, enc, device)
     print(f"copies a place or pet from its context {copying:.0%} of the time (chance about 7%)")
     logger.log(cfg.max_iters, line=False, final_val_loss=val_loss, gold=rep, copy_probe=copying)
+    logger.close()

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, parse_config, setup
+from common import Logger, check_finite, parse_config, setup
 from data import world
-from data.chat import score_responses
+from data.chat import row_check, score_responses
 from data.labelers import ranked_pairs
-from data.loader import load_comparisons, load_jsonl, ranks_of
+from data.loader import DataError, load_comparisons, load_jsonl, ranks_of
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint, save_checkpoint
 
@@ -72,6 +72,8 @@ def pairwise_loss(rewards, pair_mask):
     per_pair = -F.logsigmoid(diff) * pair_mask
     n_pairs = pair_mask.sum(dim=(1, 2))  # (B,)
     per_prompt = per_pair.sum(dim=(1, 2)) / n_pairs.clamp(min=1)
+    if not (n_pairs > 0).any():  # a batch of ties only: nothing to learn, a zero gradient
+        return (rewards * 0).sum()
     return per_prompt[n_pairs > 0].mean()
 
 
@@ -130,12 +132,20 @@ if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
     device, autocast = setup(cfg)
     enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
-    rows = load_comparisons(cfg.comparisons)
-    n_val = max(1, int(cfg.val_frac * len(rows)))
-    train_rows, val_rows = rows[:-n_val], rows[-n_val:]
     # SFT body, scalar head starting at zero: every response scores 0 at step 0
     model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
-                               scalar_head=True, dropout=0.0)
+                               scalar_head=True, dropout=0.0, kind="language model")
+    rows = load_comparisons(cfg.comparisons, check=row_check(enc, model.config.block_size))
+    n_val = max(1, int(cfg.val_frac * len(rows)))
+    train_rows, val_rows = rows[:-n_val], rows[-n_val:]
+    if not train_rows:
+        raise DataError(f"{cfg.comparisons}: --val_frac={cfg.val_frac} holds out all {len(rows)} "
+                        "of its rankings, leaving none to train on")
+    for part, name in ((train_rows, "to train on"), (val_rows, "held out")):
+        if not ranking_batch(part)[3].any():  # every pair a tie, or of identical responses
+            raise DataError(f"{cfg.comparisons}: the {len(part)} rankings {name} hold no "
+                            "ranked pair of distinct responses, only ties; it needs more "
+                            "comparisons, or another --val_frac")
     model.train()
     print(f"reward model: {len(train_rows)} rankings to train on, {len(val_rows)} held out")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -158,11 +168,12 @@ if __name__ == "__main__":
             rewards = rewards.float().view(valid.shape)  # (B, K)
             loss = pairwise_loss(rewards, pair_mask.to(device))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            check_finite(f"reward step {it}", {"loss": loss, "gradient norm": grad_norm})
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if it % cfg.log_interval == 0:
-                batch_acc = ((rewards[:, :, None] > rewards[:, None, :]) & pair_mask.to(device)).sum() / pair_mask.sum()
+                batch_acc = ((rewards[:, :, None] > rewards[:, None, :]) & pair_mask.to(device)).sum() / pair_mask.sum().clamp(min=1)
                 logger.log(it, loss=loss.item(), train_acc=batch_acc.item(), lr=lr)
             it += 1
 
@@ -184,3 +195,4 @@ if __name__ == "__main__":
           f"with each other, printed by data.collect, is the ceiling), {gold_acc:.1%} against the "
           f"gold order; correlation with the gold score {corr:.2f}; demonstrations score "
           f"0 +- {score_std:.3f}; {time.time() - t0:.0f} s")
+    logger.close()

@@ -28,8 +28,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import Logger, parse_config, setup
-from data.chat import encode_pairs, gold_check
+from common import Logger, check_finite, parse_config, setup
+from data.chat import encode_pairs, gold_check, load_eval_prompts, row_check
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint, save_checkpoint, token_logprobs
@@ -92,10 +92,14 @@ if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
     device, autocast = setup(cfg)
     enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
-    train_rows = load_jsonl(os.path.join(cfg.data_dir, "sft.jsonl"), "sft")
-    val_rows = load_jsonl(os.path.join(cfg.data_dir, "sft_val.jsonl"), "sft")
     model, base_ckpt = load_checkpoint(cfg.init, device, make_cmd="python pretrain.py",
-                                       tokenizer=enc.name, dropout=cfg.dropout)
+                                       tokenizer=enc.name, dropout=cfg.dropout,
+                                       kind="language model")
+    fits = row_check(enc, model.config.block_size)  # every demonstration, checked now
+    train_rows = load_jsonl(os.path.join(cfg.data_dir, "sft.jsonl"), "sft", check=fits)
+    val_rows = load_jsonl(os.path.join(cfg.data_dir, "sft_val.jsonl"), "sft", check=fits)
+    eval_prompts = load_eval_prompts(cfg.data_dir, enc, model.config.block_size,
+                                     cfg.max_new_tokens, cfg.n_eval_prompts)
     print(f"SFT on {len(train_rows)} demonstrations, {len(val_rows)} held out; "
           f"{model.num_params() / 1e6:.2f}M parameters from {cfg.init}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -124,13 +128,15 @@ if __name__ == "__main__":
                 loss = batch_loss(model, enc, [train_rows[j] for j in order[i:i + cfg.batch_size]],
                                   device, model.config.block_size)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            check_finite(f"sft step {it}", {"loss": loss, "gradient norm": grad_norm})
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if it % cfg.log_interval == 0:
                 logger.log(it, line=False, loss=loss.item(), lr=lr_at(it))
             it += 1
         val = validation_loss(model, enc, val_rows, cfg, device, autocast)
+        check_finite(f"sft epoch {epoch}", {"validation loss": val})
         logger.log(it, epoch=epoch, loss=loss.item(), val_loss=val,
                    seconds=round(time.time() - t0, 1))
         if val < best_val:
@@ -146,5 +152,6 @@ if __name__ == "__main__":
     # The gold labeler's verdict on the held-out evaluation prompts, base model beside SFT.
     if cfg.n_eval_prompts:
         base, _ = load_checkpoint(cfg.init, device)
-        gold_check({"base": base, "sft": model}, enc, cfg.data_dir, cfg.n_eval_prompts,
-                   cfg.max_new_tokens, device, cfg.seed, logger, it)
+        gold_check({"base": base, "sft": model}, enc, eval_prompts, cfg.max_new_tokens, device,
+                   cfg.seed, logger, it)
+    logger.close()

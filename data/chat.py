@@ -11,7 +11,7 @@ from tqdm import tqdm
 from common import autocast_for
 from data import world
 from data.loader import load_jsonl
-from data.tokenizer import encode
+from data.tokenizer import EOS, encode
 
 
 def encode_prompts(enc, prompts, device):
@@ -53,6 +53,31 @@ def sample_responses(model, enc, prompts, max_new_tokens, temperature=1.0, batch
     return out
 
 
+def row_check(enc, block_size, max_new_tokens=0, gold=False):
+    """A check for load_jsonl, which names the file and line of a row it faults, so that a
+    row a stage cannot use is found when the data is loaded, not when its batch comes up.
+    The prompt in the chat format, with max_new_tokens sampled tokens or with each of the
+    row's responses (a demonstration's EOS included), must fit in block_size tokens; with
+    gold=True the gold labeler must be able to score answers to it (a prompt of this world)."""
+    def check(row):
+        if gold:
+            try:
+                world.parse(row["prompt"])
+            except ValueError:
+                return "not a prompt of this world: the gold labeler cannot score answers to it"
+        responses = [row[k] for k in ("chosen", "rejected") if k in row] + row.get("responses", [])
+        if "completion" in row:
+            responses.append(row["completion"] + EOS)
+        prompt = len(encode(enc, world.chat(row["prompt"])))
+        longest = max([max_new_tokens] + [len(encode(enc, " " + r)) for r in responses])
+        if prompt + longest > block_size:
+            what = "its longest response" if responses else "--max_new_tokens"
+            return (f"the prompt ({prompt} tokens) and {what} ({longest}) are longer than the "
+                    f"model's block_size ({block_size})")
+        return None
+    return check
+
+
 def encode_pairs(enc, prompts, responses, device, block_size, add_eos=False):
     """Tokenize chat-formatted (prompt, response) pairs, LEFT-padded so that every row ends
     in the last column: a reward model reads its score at [:, -1].
@@ -85,13 +110,21 @@ def score_responses(model, enc, prompts, responses, device, add_eos=False):
     return model(ids, attention_mask=attn)[:, -1]  # left padding: the last column is the end
 
 
-def gold_check(models, enc, data_dir, n_prompts, max_new_tokens, device, seed, logger=None, step=0):
-    """Each model of `models` (name -> model) answers the first n_prompts held-out evaluation
-    prompts at temperature 1, from the same seed, and the gold labeler's report is printed:
-    the end-of-stage check that a stage did what it should. Returns the prompts and the
-    last model's responses."""
-    rows = load_jsonl(os.path.join(data_dir, "eval_prompts.jsonl"), "prompts")
-    prompts = [r["prompt"] for r in rows[:n_prompts]]
+def load_eval_prompts(data_dir, enc, block_size, max_new_tokens, n_prompts):
+    """The first n_prompts held-out evaluation prompts, for gold_check. Loaded and checked
+    with the stage's other data, so that a bad file stops the stage before it trains."""
+    if not n_prompts:  # no check at the end: no file needed
+        return []
+    rows = load_jsonl(os.path.join(data_dir, "eval_prompts.jsonl"), "prompts",
+                      check=row_check(enc, block_size, max_new_tokens, gold=True))
+    return [r["prompt"] for r in rows[:n_prompts]]
+
+
+def gold_check(models, enc, prompts, max_new_tokens, device, seed, logger=None, step=0):
+    """Each model of `models` (name -> model) answers `prompts` (held-out evaluation prompts,
+    loaded with the stage's data) at temperature 1, from the same seed, and the gold
+    labeler's report is printed: the end-of-stage check that a stage did what it should.
+    Returns the prompts and the last model's responses."""
     for name, model in models.items():
         torch.manual_seed(seed)  # same sampling noise for every model
         responses = sample_responses(model, enc, prompts, max_new_tokens, device=device)

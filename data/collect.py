@@ -21,7 +21,7 @@ import time
 
 from common import parse_config, setup, write_jsonl
 from data import labelers
-from data.chat import sample_responses
+from data.chat import row_check, sample_responses
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
 from model import load_checkpoint
@@ -43,12 +43,13 @@ class Config:
 
 if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:])
-    if not 2 <= cfg.k <= 9:
-        raise SystemExit(f"--k must be between 2 and 9, got {cfg.k}")
     device, _ = setup(cfg)
     enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
-    model, _ = load_checkpoint(cfg.policy, device, make_cmd="python sft.py", tokenizer=enc.name)
-    prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "rm_prompts.jsonl"), "prompts")]
+    model, _ = load_checkpoint(cfg.policy, device, make_cmd="python sft.py", tokenizer=enc.name,
+                               kind="language model")
+    fits = row_check(enc, model.config.block_size, cfg.max_new_tokens, gold=True)
+    prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "rm_prompts.jsonl"), "prompts",
+                                               check=fits)]
     t0 = time.time()
     # every prompt K times in a row, so one batched pass samples all of them
     flat = [p for p in prompts for _ in range(cfg.k)]

@@ -28,7 +28,7 @@ import random
 import sys
 import time
 
-from common import parse_config, write_jsonl
+from common import check_options, parse_config, write_jsonl
 from data import world
 from data.tokenizer import EOS, save_ranks, train_bpe
 
@@ -187,7 +187,7 @@ def prompt_sets(rng, cfg):
         while len(rows) < n:
             tries += 1
             if tries > 1000 * n:
-                raise RuntimeError(f"could not draw {n} {split} prompts; ask for fewer")
+                raise ValueError(f"could not draw {n} {split} prompts; ask for fewer")
             # evaluation, RM and PPO prompts: families in turn; demonstrations: as written
             family = (rng.choice(world.FAMILIES) if demos
                       else world.FAMILIES[len(rows) % len(world.FAMILIES)])
@@ -214,6 +214,7 @@ def prompt_sets(rng, cfg):
 
 
 def main(cfg):
+    check_options(cfg)
     t0 = time.time()
     rng = random.Random(cfg.seed)
     docs = []
@@ -225,8 +226,10 @@ def main(cfg):
     sft = [{"prompt": r["prompt"], "completion": demonstration(rng, r["prompt"], cfg.terse_share)}
            for r in sets["sft"]]
     os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "pretrain.txt"), "w") as f:
+    path = os.path.join(cfg.out_dir, "pretrain.txt")
+    with open(path + ".tmp", "w") as f:  # then renamed: never half a corpus on disk
         f.write(corpus)
+    os.replace(path + ".tmp", path)
     write_jsonl(os.path.join(cfg.out_dir, "sft.jsonl"), sft[: cfg.n_sft])
     write_jsonl(os.path.join(cfg.out_dir, "sft_val.jsonl"), sft[cfg.n_sft:])
     for name in ("rm", "ppo", "val", "eval"):

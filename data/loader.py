@@ -7,7 +7,9 @@ Loading the JSONL data sets, with the field names the open-source ecosystem uses
              optional "ranks": [int, ...], one per response, 0 the best, equal for a tie
   prompts    {"prompt": str, ...}
 
-Every line is checked; a bad one raises DataError naming the file and the line number.
+Every line is checked (UTF-8, JSON, the fields, a prompt that is not empty, and whatever
+the stage itself needs, through `check`); a bad one raises DataError naming the file and
+the line number.
 """
 import json
 import os
@@ -24,40 +26,58 @@ class DataError(ValueError):
     pass
 
 
-def load_jsonl(path, kind, make_cmd="python -m data.generate"):
-    """Rows of the JSONL file `path`, each checked against SCHEMAS[kind]."""
+def read_text(path):
+    """A whole text file, or a DataError naming the line that is not UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at column "
+                        f"{column})") from None
+
+
+def load_jsonl(path, kind, make_cmd="python -m data.generate", check=None):
+    """Rows of the JSONL file `path`, each checked against SCHEMAS[kind], and by check(row),
+    the stage's own test, which returns None or what is wrong with the row."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file {path} not found; make it with: {make_cmd}")
     schema = SCHEMAS[kind]
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for field, typ in schema.items():
-                if field not in row:
-                    raise DataError(f"{where}: missing field {field!r} (a {kind} row has "
-                                    f"{', '.join(schema)})")
-                if not isinstance(row[field], typ):
-                    raise DataError(f"{where}: field {field!r} should be a {typ.__name__}, "
-                                    f"got {type(row[field]).__name__}")
-            if kind == "rankings" and (len(row["responses"]) < 2 or
-                                       not all(isinstance(r, str) for r in row["responses"])):
-                raise DataError(f"{where}: 'responses' must be a list of 2 or more strings")
-            if kind == "rankings" and "ranks" in row:
-                ranks = row["ranks"]
-                if (not isinstance(ranks, list) or len(ranks) != len(row["responses"])
-                        or not all(isinstance(r, int) for r in ranks) or ranks != sorted(ranks)):
-                    raise DataError(f"{where}: 'ranks' must be one integer per response, "
-                                    "best (lowest) first, equal for a tie")
-            rows.append(row)
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for field, typ in schema.items():
+            if field not in row:
+                raise DataError(f"{where}: missing field {field!r} (a {kind} row has "
+                                f"{', '.join(schema)})")
+            if not isinstance(row[field], typ):
+                raise DataError(f"{where}: field {field!r} should be a {typ.__name__}, "
+                                f"got {type(row[field]).__name__}")
+        if kind == "rankings" and (len(row["responses"]) < 2 or
+                                   not all(isinstance(r, str) for r in row["responses"])):
+            raise DataError(f"{where}: 'responses' must be a list of 2 or more strings")
+        if kind == "rankings" and "ranks" in row:
+            ranks = row["ranks"]
+            if (not isinstance(ranks, list) or len(ranks) != len(row["responses"])
+                    or not all(isinstance(r, int) for r in ranks) or ranks != sorted(ranks)):
+                raise DataError(f"{where}: 'ranks' must be one integer per response, "
+                                "best (lowest) first, equal for a tie")
+        if not row["prompt"].strip():
+            raise DataError(f"{where}: empty prompt")
+        problem = check(row) if check else None
+        if problem:
+            raise DataError(f"{where}: {problem}")
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
@@ -68,16 +88,16 @@ def ranks_of(row):
     return row.get("ranks") or list(range(len(row["responses"])))
 
 
-def load_comparisons(path):
+def load_comparisons(path, check=None):
     """A rankings file, or a pairs file read as rankings of two (chosen first)."""
     first = {}
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             try:
-                first = json.loads(next((line for line in f if line.strip()), "{}"))
-            except json.JSONDecodeError:
-                pass  # load_jsonl below names the file and line
+                first = json.loads(next((line for line in f if line.strip()), b"{}"))
+            except ValueError:
+                pass  # not JSON, or not UTF-8: load_jsonl below names the file and line
     if isinstance(first, dict) and "chosen" in first:
         return [{"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]]}
-                for r in load_jsonl(path, "pairs")]
-    return load_jsonl(path, "rankings", make_cmd="python -m data.collect")
+                for r in load_jsonl(path, "pairs", check=check)]
+    return load_jsonl(path, "rankings", make_cmd="python -m data.collect", check=check)

@@ -106,11 +106,13 @@ def test_setup_refuses_a_zero_interval(script, name):
         setup(cfg)
 
 
-@pytest.mark.parametrize("module", ["data.collect", "evaluate", "bestofn"])
-def test_setup_refuses_a_negative_temperature(module):
+@pytest.mark.parametrize("module", ["data.collect", "evaluate", "bestofn", "ppo"])
+@pytest.mark.parametrize("temperature", [-1.0, 0.0])
+def test_setup_refuses_a_temperature_that_is_not_positive(module, temperature):
+    # 0 is refused too: evaluate divides by it, and K greedy samples are one sample K times
     import importlib
-    cfg = importlib.import_module(module).Config(temperature=-1.0, device="cpu")
-    with pytest.raises(ConfigError, match="--temperature must be 0"):
+    cfg = importlib.import_module(module).Config(temperature=temperature, device="cpu")
+    with pytest.raises(ConfigError, match="--temperature must be more than 0"):
         setup(cfg)
 
 
@@ -234,10 +236,24 @@ def test_logger(tmp_path, capsys):
     log.log(20, line=False, loss=0.5)
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["step 10 | loss 1.235 | lr 0.0003 | note ok"]
+    assert not path.exists()  # the rows replace the log once the run has finished
+    log.close()
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in rows] == [10, 20]
     assert rows[0]["loss"] == 1.23456 and rows[0]["note"] == "ok" and rows[1]["loss"] == 0.5
     assert all(isinstance(r["time"], float) for r in rows)
+    assert os.listdir(path.parent) == ["log.jsonl"]
+
+
+def test_a_run_that_stops_keeps_the_last_finished_log(tmp_path):
+    path = tmp_path / "log.jsonl"
+    first = Logger(str(path))
+    first.log(0, line=False, loss=1.0)
+    first.close()
+    failed = Logger(str(path))  # a rerun that fails after logging a row, never closing
+    failed.log(0, line=False, loss=float("nan"))
+    failed.f.flush()
+    assert [json.loads(line)["loss"] for line in path.read_text().splitlines()] == [1.0]
 
 
 # -----------------------------------------------------------------------------

@@ -282,7 +282,7 @@ def test_plain_ppo_saves_elsewhere(tmp_path, monkeypatch):
 def test_nan_reward_stops_without_saving(tmp_path):
     cfg = make_world(tmp_path, nan_reward=True)
     cfg.out = str(tmp_path / "ppo.pt")
-    with pytest.raises(FloatingPointError, match="reward model score.*iteration 0"):
+    with pytest.raises(FloatingPointError, match="ppo iteration 0: reward model score is not finite"):
         main(cfg)
     assert not os.path.exists(cfg.out)
 

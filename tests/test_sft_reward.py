@@ -140,7 +140,7 @@ def test_sft_collect_reward_end_to_end(world_data):
 def test_missing_checkpoint_names_the_command(world_data, tmp_path):
     out, _ = world_data
     result = subprocess.run([sys.executable, os.path.join(ROOT, "reward.py"),
-                             f"--data_dir={out / 'data'}", f"--init={tmp_path / 'nope.pt'}",
-                             f"--comparisons={tmp_path / 'nope.jsonl'}"],
+                             f"--data_dir={out / 'data'}", f"--init={out / 'pretrain.pt'}",
+                             f"--comparisons={tmp_path / 'nope.jsonl'}", "--device=cpu"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "python -m data.collect" in result.stderr
