@@ -287,6 +287,27 @@ def test_nan_reward_stops_without_saving(tmp_path):
     assert not os.path.exists(cfg.out)
 
 
+def test_a_learning_rate_too_large_stops_before_the_step(tmp_path):
+    cfg = make_world(tmp_path)
+    cfg.out, cfg.lr, cfg.iters, cfg.update_epochs = str(tmp_path / "ppo.pt"), 1e30, 2, 1
+    with pytest.raises(FloatingPointError, match="ppo iteration 0: policy loss is nan"):
+        main(cfg)
+    assert not os.path.exists(cfg.out) and not os.path.exists(str(tmp_path / "ppo_log.jsonl"))
+
+
+def test_checkpoints_of_the_wrong_kind_are_named(tmp_path):
+    cfg = make_world(tmp_path)
+    cfg.reward = cfg.sft
+    with pytest.raises(ValueError, match="sft.pt is a language model; this stage needs a reward "
+                                         "model, made by: python reward.py"):
+        main(cfg)
+    cfg = make_world(tmp_path)
+    cfg.sft = cfg.reward
+    with pytest.raises(ValueError, match="reward.pt is a reward model; this stage needs a "
+                                         "language model, made by: python sft.py"):
+        main(cfg)
+
+
 def test_missing_checkpoint_names_the_command(tmp_path):
     cfg = make_world(tmp_path)
     cfg.reward = str(tmp_path / "nope.pt")
