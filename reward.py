@@ -142,7 +142,8 @@ if __name__ == "__main__":
         raise DataError(f"{cfg.comparisons}: --val_frac={cfg.val_frac} holds out all {len(rows)} "
                         "of its rankings, leaving none to train on")
     for part, name in ((train_rows, "to train on"), (val_rows, "held out")):
-        if not ranking_batch(part)[3].any():  # every pair a tie, or of identical responses
+        _, _, _, pair_mask = ranking_batch(part)
+        if not pair_mask.any():  # every pair a tie, or of identical responses
             raise DataError(f"{cfg.comparisons}: the {len(part)} rankings {name} hold no "
                             "ranked pair of distinct responses, only ties; it needs more "
                             "comparisons, or another --val_frac")

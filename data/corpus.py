@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from data.loader import DataError, read_text
+from data.loader import DataError, decode
 from data.tokenizer import encode
 
 
@@ -19,7 +19,8 @@ def load_corpus(data_dir, enc, block_size=None):
     path = os.path.join(data_dir, "pretrain.txt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found; make it with: python -m data.generate")
-    tokens = np.array(encode(enc, read_text(path)), dtype=np.uint16)
+    with open(path, "rb") as f:
+        tokens = np.array(encode(enc, decode(f.read(), path)), dtype=np.uint16)
     split = int(0.95 * len(tokens))
     if block_size is not None and len(tokens) - split < block_size + 2:
         raise DataError(f"{path}: {len(tokens):,} tokens, too few for windows of block_size "

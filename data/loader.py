@@ -26,14 +26,12 @@ class DataError(ValueError):
     pass
 
 
-def read_text(path):
-    """A whole text file, or a DataError naming the line that is not UTF-8."""
-    with open(path, "rb") as f:
-        data = f.read()
+def decode(data, path, first_line=1):
+    """Bytes as UTF-8 text, or a DataError naming the file and line where they are not."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
+        line = first_line + data.count(b"\n", 0, e.start)
         column = e.start - data.rfind(b"\n", 0, e.start)
         raise DataError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at column "
                         f"{column})") from None
@@ -46,38 +44,40 @@ def load_jsonl(path, kind, make_cmd="python -m data.generate", check=None):
         raise FileNotFoundError(f"data file {path} not found; make it with: {make_cmd}")
     schema = SCHEMAS[kind]
     rows = []
-    for lineno, line in enumerate(read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        for field, typ in schema.items():
-            if field not in row:
-                raise DataError(f"{where}: missing field {field!r} (a {kind} row has "
-                                f"{', '.join(schema)})")
-            if not isinstance(row[field], typ):
-                raise DataError(f"{where}: field {field!r} should be a {typ.__name__}, "
-                                f"got {type(row[field]).__name__}")
-        if kind == "rankings" and (len(row["responses"]) < 2 or
-                                   not all(isinstance(r, str) for r in row["responses"])):
-            raise DataError(f"{where}: 'responses' must be a list of 2 or more strings")
-        if kind == "rankings" and "ranks" in row:
-            ranks = row["ranks"]
-            if (not isinstance(ranks, list) or len(ranks) != len(row["responses"])
-                    or not all(isinstance(r, int) for r in ranks) or ranks != sorted(ranks)):
-                raise DataError(f"{where}: 'ranks' must be one integer per response, "
-                                "best (lowest) first, equal for a tie")
-        if not row["prompt"].strip():
-            raise DataError(f"{where}: empty prompt")
-        problem = check(row) if check else None
-        if problem:
-            raise DataError(f"{where}: {problem}")
-        rows.append(row)
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is named, not a crash
+        for lineno, raw in enumerate(f, 1):
+            line = decode(raw, path, lineno)
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for field, typ in schema.items():
+                if field not in row:
+                    raise DataError(f"{where}: missing field {field!r} (a {kind} row has "
+                                    f"{', '.join(schema)})")
+                if not isinstance(row[field], typ):
+                    raise DataError(f"{where}: field {field!r} should be a {typ.__name__}, "
+                                    f"got {type(row[field]).__name__}")
+            if kind == "rankings" and (len(row["responses"]) < 2 or
+                                       not all(isinstance(r, str) for r in row["responses"])):
+                raise DataError(f"{where}: 'responses' must be a list of 2 or more strings")
+            if kind == "rankings" and "ranks" in row:
+                ranks = row["ranks"]
+                if (not isinstance(ranks, list) or len(ranks) != len(row["responses"])
+                        or not all(isinstance(r, int) for r in ranks) or ranks != sorted(ranks)):
+                    raise DataError(f"{where}: 'ranks' must be one integer per response, "
+                                    "best (lowest) first, equal for a tie")
+            if not row["prompt"].strip():
+                raise DataError(f"{where}: empty prompt")
+            problem = check(row) if check else None
+            if problem:
+                raise DataError(f"{where}: {problem}")
+            rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
