@@ -229,6 +229,11 @@ def write_jsonl(path, rows):
             os.remove(tmp)
 
 
+def log_path(checkpoint):
+    """Where a stage logs its metrics: beside its checkpoint, out/sft.pt -> out/sft_log.jsonl."""
+    return os.path.splitext(checkpoint)[0] + "_log.jsonl"
+
+
 class Logger:
     """One line per interval on stdout and the same numbers as a JSONL row. The rows go to
     path + ".tmp" as they come, and close() moves that file over `path` when the run has

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, above, check_finite, parse_config, setup
+from common import Logger, above, check_finite, log_path, parse_config, setup
 from data import world
 from data.chat import encode_pairs, gold_check, load_eval_prompts, row_check
 from data.labelers import ranked_pairs
@@ -198,7 +198,7 @@ def main(cfg):
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     max_iters = cfg.epochs * math.ceil(len(train_pairs) / cfg.batch_size)
-    logger = Logger(cfg.out.replace(".pt", "_log.jsonl"))
+    logger = Logger(log_path(cfg.out))
 
     def lr_at(it):  # linear warmup, then cosine decay
         if it < cfg.warmup_iters:

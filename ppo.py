@@ -38,7 +38,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import Logger, check_finite, parse_config, setup
+from common import Logger, check_finite, log_path, parse_config, setup
 from data import world
 from data.chat import decode_responses, encode_prompts, row_check
 from data.corpus import get_batch, load_corpus
@@ -259,7 +259,7 @@ def main(cfg):
     policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     value_opt = torch.optim.Adam(value_model.parameters(), lr=cfg.vf_lr, eps=1e-5)
     kl_ctl = AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
-    logger = Logger(out.replace(".pt", "_log.jsonl"))
+    logger = Logger(log_path(out))
     tax_before = heldout_lm_loss(policy, val_tokens, policy.config.block_size)
 
     history, t_start, gen_tokens, gen_time = [], time.time(), 0, 0.0

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import Logger, check_finite, parse_config, setup
+from common import Logger, check_finite, log_path, parse_config, setup
 from data import world
 from data.chat import load_eval_prompts, sample_responses
 from data.tokenizer import encode, get_tokenizer
@@ -128,7 +128,7 @@ if __name__ == "__main__":
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(0.9, 0.95))
-    logger = Logger(cfg.out.replace(".pt", "_log.jsonl"))
+    logger = Logger(log_path(cfg.out))
 
     model.train()
     t0, tokens_seen = time.time(), 0

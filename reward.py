@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, check_finite, parse_config, setup
+from common import Logger, check_finite, log_path, parse_config, setup
 from data import world
 from data.chat import row_check, score_responses
 from data.labelers import ranked_pairs
@@ -151,7 +151,7 @@ if __name__ == "__main__":
     print(f"reward model: {len(train_rows)} rankings to train on, {len(val_rows)} held out")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     max_iters = cfg.epochs * math.ceil(len(train_rows) / cfg.batch_size)
-    logger = Logger(cfg.out.replace(".pt", "_log.jsonl"))
+    logger = Logger(log_path(cfg.out))
     acc, gold_acc, corr = evaluate(model, enc, val_rows, device, cfg.batch_size)
     print(f"before training: accuracy {acc:.1%} (labels) {gold_acc:.1%} (gold)")
 

@@ -28,7 +28,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import Logger, check_finite, parse_config, setup
+from common import Logger, check_finite, log_path, parse_config, setup
 from data.chat import encode_pairs, gold_check, load_eval_prompts, row_check
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
@@ -105,7 +105,7 @@ if __name__ == "__main__":
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     max_iters = cfg.epochs * steps_per_epoch
-    logger = Logger(cfg.out.replace(".pt", "_log.jsonl"))
+    logger = Logger(log_path(cfg.out))
 
     def lr_at(it):  # linear warmup, then cosine decay (as in the paper)
         if it < cfg.warmup_iters:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import ConfigError, Logger, parse_config, setup, write_jsonl  # noqa: E402
+from common import ConfigError, Logger, log_path, parse_config, setup, write_jsonl  # noqa: E402
 from data.chat import decode_responses, encode_pairs, encode_prompts  # noqa: E402
 from data import world  # noqa: E402
 from data.tokenizer import EOS, encode, get_tokenizer, save_ranks, train_bpe  # noqa: E402
@@ -243,6 +243,12 @@ def test_logger(tmp_path, capsys):
     assert rows[0]["loss"] == 1.23456 and rows[0]["note"] == "ok" and rows[1]["loss"] == 0.5
     assert all(isinstance(r["time"], float) for r in rows)
     assert os.listdir(path.parent) == ["log.jsonl"]
+
+
+def test_log_path_is_beside_the_checkpoint_and_never_the_checkpoint():
+    assert log_path("out/sft.pt") == "out/sft_log.jsonl"
+    assert log_path("out/model.bin") == "out/model_log.jsonl"
+    assert log_path("runs.pt/model") == "runs.pt/model_log.jsonl"
 
 
 def test_a_run_that_stops_keeps_the_last_finished_log(tmp_path):
