@@ -164,7 +164,7 @@ def evaluate(model, enc, pairs, ref_chosen, ref_rejected, cfg, device, autocast)
 
 def main(cfg):
     device, autocast = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     rows = load_comparisons(cfg.comparisons)
     n_val = max(1, int(cfg.val_frac * len(rows)))  # held out by prompt, not by pair
     rng = random.Random(cfg.seed)

@@ -267,7 +267,7 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
 
 def main(cfg):
     device, autocast = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts")
     rows = rows[:cfg.n_prompts] if cfg.n_prompts else rows
     _, val_tokens = load_corpus(cfg.data_dir, enc)

@@ -4,8 +4,10 @@ PPO value model and the frozen reference policy are all this one class.
 
 What is here: a GPT-2 style decoder (pre-LayerNorm blocks, GELU MLP, tied unembedding)
 with rotary positions, an optional scalar head for reward and value models, left-padding
-aware attention masks, sampling with a KV cache, log-probs of given tokens, and one
-checkpoint format for every stage.
+aware attention masks, sampling with a KV cache, log-probs of given tokens, one
+checkpoint format for every stage, and a reader for Hugging Face GPT-2 downloads: with
+pos_emb="learned" and gelu="tanh" the class is GPT-2 exactly, so the real pretrained
+weights can start the pipeline (load_gpt2).
 
 Rotary positions (Su et al. 2021), not GPT-2's learned ones: attention then sees how far
 apart two tokens are, which is what copying from the context needs. In this world's CPU
@@ -21,8 +23,10 @@ What is simplified, and could be exercises:
 - no optimizer grouping, no torch.compile or mixed precision here; the scripts choose those.
 """
 
+import json
 import math
 import os
+import sys
 from dataclasses import dataclass, asdict
 
 import torch
@@ -41,6 +45,9 @@ class GPTConfig:
     bias: bool = True          # biases in Linear and LayerNorm, as in GPT-2
     use_sdpa: bool = False     # False: attention written out; True: F.scaled_dot_product_attention
     scalar_head: bool = False  # True: a Linear(n_embd, 1) "score_head" replaces the unembedding
+    pos_emb: str = "rotary"    # "rotary" (Su et al. 2021) or "learned": GPT-2's table of block_size vectors
+    gelu: str = "none"         # nn.GELU's approximate: "none" (exact erf) or "tanh" (GPT-2's)
+    ln_eps: float = 1e-5       # LayerNorm epsilon (GPT-2's, and PyTorch's default)
 
 
 class KVCache:
@@ -90,7 +97,8 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        assert config.n_embd % config.n_head == 0 and (config.n_embd // config.n_head) % 2 == 0, \
+        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
+        assert config.pos_emb != "rotary" or (config.n_embd // config.n_head) % 2 == 0, \
             "n_embd / n_head must be an even head size (rotary positions turn channel pairs)"
         self.layer_idx = layer_idx  # which slot of the KV cache is ours
         self.n_head, self.n_embd = config.n_head, config.n_embd
@@ -103,14 +111,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, mask, rope, kv_cache=None):
         # mask: (B, 1, T, S) bool, True where query t may attend to key s (S = cached + T)
-        # rope: (cos, sin) of the T new positions, (B, 1, T, hs/2) each
+        # rope: (cos, sin) of the T new positions, (B, 1, T, hs/2) each; None with learned positions
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # the cache keeps rotated keys
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # the cache keeps rotated keys
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)   # (B, nh, S, hs)
         if self.use_sdpa:
@@ -133,7 +142,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -145,9 +154,9 @@ class Block(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.ln_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.ln_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, mask, rope, kv_cache=None):
@@ -161,11 +170,15 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        if config.pos_emb not in ("rotary", "learned"):
+            raise ValueError(f"pos_emb must be 'rotary' or 'learned', got {config.pos_emb!r}")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.pos_emb == "learned":  # made only when used, so rotary models draw the same init
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.ln_eps, bias=config.bias)
         if config.scalar_head:
             self.score_head = nn.Linear(config.n_embd, 1)
         else:
@@ -219,8 +232,13 @@ class GPT(nn.Module):
         mask = (k_pos <= q_pos)[None] & attention_mask.bool()[:, None, :]  # (B, T, S)
         mask = (mask | (k_pos == q_pos)[None])[:, None]  # (B, 1, T, S), broadcast over heads
 
-        x = self.drop(self.wte(idx))  # (B, T, C); positions enter as rotations of q and k
-        rope = rotary(position_ids, self.config.n_embd // self.config.n_head)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos_emb == "learned":  # GPT-2: a learned vector per position, added once
+            x = x + self.wpe(position_ids)
+        else:  # rotary: positions enter every layer as rotations of q and k
+            rope = rotary(position_ids, self.config.n_embd // self.config.n_head)
+        x = self.drop(x)
         for block in self.h:
             x = block(x, mask, rope, kv_cache)
         x = self.ln_f(x)
@@ -329,20 +347,26 @@ def save_checkpoint(path, model, train_config, step, tokenizer, **extra):
 def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_head=None,
                     dropout=None):
     """Returns (model in eval mode on device, checkpoint dict). scalar_head=True on an LM
-    checkpoint keeps the body and starts a zero score head (SFT -> reward model)."""
+    checkpoint keeps the body and starts a zero score head (SFT -> reward model). `path` may
+    also be a Hugging Face GPT-2 directory (read_gpt2)."""
     if not os.path.exists(path):
         msg = f"no checkpoint at {path}"
         raise FileNotFoundError(msg + (f"; make it with: {make_cmd}" if make_cmd else ""))
-    try:
-        # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint: expected a dict with 'model' and 'model_config'")
-    if tokenizer is not None and ckpt.get("tokenizer") != tokenizer:
-        raise ValueError(f"{path} was trained with tokenizer {ckpt.get('tokenizer')!r}, "
-                         f"but this run uses {tokenizer!r}")
+    if os.path.isdir(path):
+        # a Hugging Face GPT-2 download; it does not record its tokenizer (the caller checks
+        # that the vocabulary sizes agree)
+        ckpt = read_gpt2(path)
+    else:
+        try:
+            # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+            raise ValueError(f"{path} is not a checkpoint: expected a dict with 'model' and 'model_config'")
+        if tokenizer is not None and ckpt.get("tokenizer") != tokenizer:
+            raise ValueError(f"{path} was trained with tokenizer {ckpt.get('tokenizer')!r}, "
+                             f"but this run uses {tokenizer!r}")
     try:
         config = GPTConfig(**ckpt["model_config"])
     except TypeError as e:
@@ -370,3 +394,98 @@ def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_he
         raise ValueError(f"{path}: weights do not fit the model config "
                          f"(missing {missing}, unexpected {unexpected})")
     return model.to(device).eval(), ckpt
+
+
+# -----------------------------------------------------------------------------
+# GPT-2's own weights, from a Hugging Face download: config.json plus model.safetensors or
+# pytorch_model.bin. Nothing is downloaded here; the README shows the command that does.
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path):
+    """{name: tensor} from a .safetensors file, with json and torch alone. The format: the
+    header's size as 8 little-endian bytes, the JSON header {name: {"dtype", "shape",
+    "data_offsets": [begin, end]}} with offsets into the bytes after it, then the raw
+    little-endian tensor data."""
+    if sys.byteorder != "little":
+        raise ValueError(f"{path}: safetensors data is little-endian; this machine is not")
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a safetensors file ({e})") from e
+        data = bytearray(os.path.getsize(path) - 8 - n)  # writable, so tensors can share it
+        f.readinto(data)
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        count = (end - begin) // dtype.itemsize
+        flat = torch.frombuffer(data, dtype=dtype, count=count, offset=begin) if count else \
+            torch.empty(0, dtype=dtype)
+        tensors[name] = flat.view(info["shape"])
+    return tensors
+
+
+def read_gpt2(path):
+    """A Hugging Face GPT-2 directory as a checkpoint dict of ours (as load_checkpoint reads
+    them). GPT-2's names are ours (nanoGPT kept them), less a "transformer." prefix; its
+    Conv1D layers store weights as (in, out) where nn.Linear has (out, in), so those are
+    transposed; the causal-mask buffers of old files are not weights and are skipped."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    if hf.get("model_type") != "gpt2":
+        raise ValueError(f"{cfg_path}: model_type is {hf.get('model_type')!r}; only 'gpt2' is read")
+    gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(
+        hf.get("activation_function", "gelu_new"))
+    # settings of Hugging Face's GPT2Config that this GPT does not have
+    unsupported = [k for k, fine in (
+        ("activation_function", gelu is not None),
+        ("n_inner", hf.get("n_inner") in (None, 4 * hf["n_embd"])),
+        ("scale_attn_weights", hf.get("scale_attn_weights", True)),
+        ("scale_attn_by_inverse_layer_idx", not hf.get("scale_attn_by_inverse_layer_idx")),
+        ("add_cross_attention", not hf.get("add_cross_attention")),
+        ("tie_word_embeddings", hf.get("tie_word_embeddings", True))) if not fine]
+    if unsupported:
+        raise ValueError(f"{cfg_path}: unsupported settings {', '.join(unsupported)}")
+    config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx")),
+                       n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                       bias=True, pos_emb="learned", gelu=gelu,
+                       ln_eps=hf.get("layer_norm_epsilon", 1e-5))
+    if os.path.exists(os.path.join(path, "model.safetensors")):
+        weights = read_safetensors(os.path.join(path, "model.safetensors"))
+    elif os.path.exists(os.path.join(path, "pytorch_model.bin")):
+        weights = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu",
+                             weights_only=True)
+    else:
+        raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin "
+                                "(a sharded download is not read)")
+    state = {}
+    for name, tensor in weights.items():
+        name = name.removeprefix("transformer.")
+        if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+            continue  # mask buffers; the unembedding is tied to wte, checked below
+        if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
+        state[name] = tensor.float()
+    head = weights.get("lm_head.weight")
+    if head is not None and "wte.weight" in state and not torch.equal(head.float(), state["wte.weight"]):
+        raise ValueError(f"{path}: lm_head.weight differs from wte.weight; only tied GPT-2s are read")
+    if "wte.weight" in state:
+        state["lm_head.weight"] = state["wte.weight"]  # our state dict names the tied weight twice
+    return {"model": state, "model_config": asdict(config), "train_config": {"init": path},
+            "step": 0, "tokenizer": None}
+
+
+def load_gpt2(path, device="cpu", dropout=0.0):
+    """Our GPT, in eval mode, with the weights of a Hugging Face GPT-2 directory."""
+    return load_checkpoint(path, device, dropout=dropout)[0]

@@ -245,7 +245,7 @@ def main(cfg):
     if cfg.temperature <= 0:
         raise ValueError("PPO samples its responses: --temperature must be > 0")
     out = cfg.out or f"out/ppo{'_ptx' if cfg.ptx_coef > 0 else ''}{'_gold' if cfg.gold_reward else ''}.pt"
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     eos = enc.eot_token
     prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "ppo_prompts.jsonl"), "prompts")]
     train_tokens, val_tokens = load_corpus(cfg.data_dir, enc)  # for the ptx term and the tax

@@ -129,7 +129,7 @@ def evaluate(model, enc, rows, device, batch_size):
 if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
     device, autocast = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     rows = load_comparisons(cfg.comparisons)
     n_val = max(1, int(cfg.val_frac * len(rows)))
     train_rows, val_rows = rows[:-n_val], rows[-n_val:]

@@ -91,7 +91,7 @@ def validation_loss(model, enc, rows, cfg, device, autocast):
 if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
     device, autocast = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     train_rows = load_jsonl(os.path.join(cfg.data_dir, "sft.jsonl"), "sft")
     val_rows = load_jsonl(os.path.join(cfg.data_dir, "sft_val.jsonl"), "sft")
     model, base_ckpt = load_checkpoint(cfg.init, device, make_cmd="python pretrain.py",
