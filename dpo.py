@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, parse_config, setup
+from common import Logger, parse_config, peak_memory, setup
 from data import world
 from data.chat import encode_pairs, gold_check
 from data.labelers import ranked_pairs
@@ -234,7 +234,7 @@ def main(cfg):
     print(f"saved {cfg.out}: held-out loss {val['loss']:.4f} (log 2 = 0.6931 at the start), "
           f"implicit-reward accuracy {val['acc']:.1%} (labels) {val['gold_acc']:.1%} (gold), "
           f"margin {val['margin']:.3f}; "
-          f"{time.time() - t0:.0f} s")
+          f"{time.time() - t0:.0f} s; {peak_memory(device)}")
 
     # 4. The gold labeler's verdict on the held-out evaluation prompts, SFT beside DPO.
     if cfg.n_eval_prompts:
