@@ -35,7 +35,6 @@ held-out prompts are simply the last 10% of the file.
 """
 import dataclasses
 import math
-import os
 import random
 import sys
 import time

@@ -25,7 +25,8 @@ Simplified (exercises):
 - constant learning rates (CleanRL anneals them linearly to zero); no early stop of the
   epochs when the approx KL grows too large;
 - rollout and update alternate on one device; the four models are full copies (as in
-  the paper the value model is its own network; sharing a body would save memory);
+  the paper the value model is its own network; sharing a body would save memory;
+  --offload=true keeps the two frozen ones in CPU memory between rollouts);
 - responses end only at EOS or at max_new_tokens.
 """
 import dataclasses

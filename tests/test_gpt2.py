@@ -50,7 +50,11 @@ def test_learned_positions_are_used_and_causal():
     model = tiny_gpt2()
     idx = torch.randint(2, VOCAB, (2, 12))
     emb = {}
-    handle = model.wte.register_forward_hook(lambda m, i, out: emb.update(x=out) or out.retain_grad())
+
+    def keep_embeddings(module, inp, out):
+        out.retain_grad()
+        emb["x"] = out
+    handle = model.wte.register_forward_hook(keep_embeddings)
     model(idx)[:, 5].sum().backward()
     handle.remove()
     assert torch.all(emb["x"].grad[:, 6:] == 0) and emb["x"].grad[:, :6].abs().sum() > 0

@@ -145,7 +145,6 @@ def test_end_to_end_from_a_tiny_gpt2(tmp_path, monkeypatch, capsys):
                   f"--init={ck / 'sft.pt'}", f"--out={ck / 'reward.pt'}", "--batch_size=4",
                   "--device=cpu"], tmp_path)
     assert "held-out accuracy" in stdout and "nan% against the gold order" in stdout
-    print(stdout.strip().splitlines()[-2])
 
     import dpo
     import evaluate
