@@ -309,9 +309,9 @@ def rm_scores(rm, enc, prompts, responses, cfg, device, autocast):
 def main_without_gold(cfg, enc, device, autocast):
     """evaluate.py on a data set without a gold labeler (python -m data.hh): the reward
     model stands in as the judge, and held-out human comparisons test the judges."""
-    load = lambda name, kind: load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_{name}.jsonl"),
-                                         kind, make_cmd="python -m data.hh")
-    rows, pairs = load("prompts", "prompts"), load("pairs", "pairs")
+    split = os.path.join(cfg.data_dir, cfg.split)
+    rows = load_jsonl(f"{split}_prompts.jsonl", "prompts", make_cmd="python -m data.hh")
+    pairs = load_jsonl(f"{split}_pairs.jsonl", "pairs", make_cmd="python -m data.hh")
     rows, pairs = (rows[:cfg.n_prompts], pairs[:cfg.n_prompts]) if cfg.n_prompts else (rows, pairs)
     prompts = [r["prompt"] for r in rows for _ in range(cfg.n_samples)]
     pair_prompts = [r["prompt"] for r in pairs]
@@ -475,7 +475,7 @@ def main(cfg):
     write_jsonl(os.path.join(cfg.out_dir, "samples.jsonl"), sample_rows)
     with open(os.path.join(cfg.out_dir, "table.md"), "w") as f:  # last: pipeline.py looks for it
         f.write(table)
-    print(f"wrote {cfg.out_dir}/table.md, results.json and samples.jsonl")
+    print(f"wrote {cfg.out_dir}/table.md, results.json and samples.jsonl; {peak_memory(device)}")
     return results
 
 

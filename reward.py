@@ -123,7 +123,7 @@ def evaluate(model, enc, rows, device, batch_size):
     model.train()
     rm_t, gold_t = torch.tensor(rm_all), torch.tensor(gold_all)
     # a real data set has no gold labeler: nan, not a 0% that looks measured
-    corr = torch.corrcoef(torch.stack([rm_t, gold_t]))[0, 1].item() if gold_n else float("nan")
+    corr = torch.corrcoef(torch.stack([rm_t, gold_t]))[0, 1].item() if gold_all else float("nan")
     return hits / max(n, 1), gold_hits / gold_n if gold_n else float("nan"), corr
 
 
