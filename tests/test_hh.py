@@ -112,6 +112,20 @@ def test_gpt2_tokenizer_where_tiktoken_has_it(tmp_path, monkeypatch):
     assert enc.chat_template == hh.TEMPLATE and get_tokenizer("gpt2").chat_template != hh.TEMPLATE
 
 
+def test_gpt2_tokenizer_is_a_fresh_copy(tmp_path, monkeypatch):
+    """Offline, with a stand-in for tiktoken's encoding: the data set's template goes on a copy
+    named "gpt2", never on the Encoding that tiktoken shares with every caller."""
+    import tiktoken
+    from data.tokenizer import PAT
+    shared = tiktoken.Encoding(name="gpt2", pat_str=PAT, mergeable_ranks={bytes([i]): i for i in range(256)},
+                               special_tokens={EOS: 256})
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: shared if name == "gpt2" else None)
+    (tmp_path / DESCRIPTION).write_text(json.dumps({"chat_template": hh.TEMPLATE, "tokenizer": "gpt2"}))
+    enc = get_tokenizer(str(tmp_path))
+    assert enc is not shared and enc.name == "gpt2" and enc.chat_template == hh.TEMPLATE
+    assert not hasattr(shared, "chat_template") and enc.encode("owls") == shared.encode("owls")
+
+
 # -----------------------------------------------------------------------------
 # end to end, from a tiny random GPT-2
 
