@@ -124,7 +124,7 @@ def read_hh(paths):
                     good.append(convert_row(json.loads(line)))
                 except json.JSONDecodeError as e:
                     bad.append({"file": path, "line": lineno,
-                                "reason": f"not valid JSON ({e.msg}, column {e.colno})"})
+                                "reason": f"not valid JSON: {e.msg} (column {e.colno})"})
                 except ValueError as e:
                     bad.append({"file": path, "line": lineno, "reason": str(e)})
     return good, bad
@@ -138,7 +138,7 @@ def report(bad, kind, n_shown=10):
         print(f"  skipped {b['file']}:{b['line']}: {b['reason']}")
     if len(bad) > n_shown:
         print(f"  ... and {len(bad) - n_shown} more")
-    counts = collections.Counter(b["reason"].split(" (")[0] for b in bad)
+    counts = collections.Counter(b["reason"].split(": ")[0] for b in bad)  # JSON errors as one
     print(f"{len(bad)} bad {kind} rows skipped: " + "; ".join(f"{n} {r}" for r, n in counts.most_common()))
 
 
