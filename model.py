@@ -4,10 +4,10 @@ PPO value model and the frozen reference policy are all this one class.
 
 What is here: a GPT-2 style decoder (pre-LayerNorm blocks, GELU MLP, tied unembedding)
 with rotary positions, an optional scalar head for reward and value models, left-padding
-aware attention masks, sampling with a KV cache, log-probs of given tokens, one
-checkpoint format for every stage, and a reader for Hugging Face GPT-2 downloads: with
-pos_emb="learned" and gelu="tanh" the class is GPT-2 exactly, so the real pretrained
-weights can start the pipeline (load_gpt2).
+aware attention masks, sampling with a KV cache, log-probs of given tokens, and one
+checkpoint format for every stage. With pos_emb="learned" and gelu="tanh" the class is
+GPT-2 exactly, so the real pretrained weights can start the pipeline: gpt2_weights.py
+reads a Hugging Face GPT-2 download, and load_checkpoint takes its directory.
 
 Rotary positions (Su et al. 2021), not GPT-2's learned ones: attention then sees how far
 apart two tokens are, which is what copying from the context needs. In this world's CPU
@@ -23,10 +23,8 @@ What is simplified, and could be exercises:
 - no optimizer grouping, no torch.compile or mixed precision here; the scripts choose those.
 """
 
-import json
 import math
 import os
-import sys
 from dataclasses import dataclass, asdict
 
 import torch
@@ -348,13 +346,15 @@ def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_he
                     dropout=None):
     """Returns (model in eval mode on device, checkpoint dict). scalar_head=True on an LM
     checkpoint keeps the body and starts a zero score head (SFT -> reward model). `path` may
-    also be a Hugging Face GPT-2 directory (read_gpt2)."""
+    also be a Hugging Face GPT-2 directory (gpt2_weights.read_gpt2)."""
     if not os.path.exists(path):
         msg = f"no checkpoint at {path}"
         raise FileNotFoundError(msg + (f"; make it with: {make_cmd}" if make_cmd else ""))
     if os.path.isdir(path):
         # a Hugging Face GPT-2 download; it does not record its tokenizer (the caller checks
-        # that the vocabulary sizes agree)
+        # that the vocabulary sizes agree). Imported here, not above: gpt2_weights.py builds
+        # on this file, and a model read from checkpoint files needs nothing but torch.
+        from gpt2_weights import read_gpt2
         ckpt = read_gpt2(path)
     else:
         try:
@@ -394,98 +394,3 @@ def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_he
         raise ValueError(f"{path}: weights do not fit the model config "
                          f"(missing {missing}, unexpected {unexpected})")
     return model.to(device).eval(), ckpt
-
-
-# -----------------------------------------------------------------------------
-# GPT-2's own weights, from a Hugging Face download: config.json plus model.safetensors or
-# pytorch_model.bin. Nothing is downloaded here; the README shows the command that does.
-
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def read_safetensors(path):
-    """{name: tensor} from a .safetensors file, with json and torch alone. The format: the
-    header's size as 8 little-endian bytes, the JSON header {name: {"dtype", "shape",
-    "data_offsets": [begin, end]}} with offsets into the bytes after it, then the raw
-    little-endian tensor data."""
-    if sys.byteorder != "little":
-        raise ValueError(f"{path}: safetensors data is little-endian; this machine is not")
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        try:
-            header = json.loads(f.read(n))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not a safetensors file ({e})") from e
-        data = bytearray(os.path.getsize(path) - 8 - n)  # writable, so tensors can share it
-        f.readinto(data)
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = SAFETENSORS_DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        count = (end - begin) // dtype.itemsize
-        flat = torch.frombuffer(data, dtype=dtype, count=count, offset=begin) if count else \
-            torch.empty(0, dtype=dtype)
-        tensors[name] = flat.view(info["shape"])
-    return tensors
-
-
-def read_gpt2(path):
-    """A Hugging Face GPT-2 directory as a checkpoint dict of ours (as load_checkpoint reads
-    them). GPT-2's names are ours (nanoGPT kept them), less a "transformer." prefix; its
-    Conv1D layers store weights as (in, out) where nn.Linear has (out, in), so those are
-    transposed; the causal-mask buffers of old files are not weights and are skipped."""
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{path} is not a Hugging Face model directory: no config.json")
-    with open(cfg_path) as f:
-        hf = json.load(f)
-    if hf.get("model_type") != "gpt2":
-        raise ValueError(f"{cfg_path}: model_type is {hf.get('model_type')!r}; only 'gpt2' is read")
-    gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(
-        hf.get("activation_function", "gelu_new"))
-    # settings of Hugging Face's GPT2Config that this GPT does not have
-    unsupported = [k for k, fine in (
-        ("activation_function", gelu is not None),
-        ("n_inner", hf.get("n_inner") in (None, 4 * hf["n_embd"])),
-        ("scale_attn_weights", hf.get("scale_attn_weights", True)),
-        ("scale_attn_by_inverse_layer_idx", not hf.get("scale_attn_by_inverse_layer_idx")),
-        ("add_cross_attention", not hf.get("add_cross_attention")),
-        ("tie_word_embeddings", hf.get("tie_word_embeddings", True))) if not fine]
-    if unsupported:
-        raise ValueError(f"{cfg_path}: unsupported settings {', '.join(unsupported)}")
-    config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx")),
-                       n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                       bias=True, pos_emb="learned", gelu=gelu,
-                       ln_eps=hf.get("layer_norm_epsilon", 1e-5))
-    if os.path.exists(os.path.join(path, "model.safetensors")):
-        weights = read_safetensors(os.path.join(path, "model.safetensors"))
-    elif os.path.exists(os.path.join(path, "pytorch_model.bin")):
-        weights = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu",
-                             weights_only=True)
-    else:
-        raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin "
-                                "(a sharded download is not read)")
-    state = {}
-    for name, tensor in weights.items():
-        name = name.removeprefix("transformer.")
-        if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
-            continue  # mask buffers; the unembedding is tied to wte, checked below
-        if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-            tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
-        state[name] = tensor.float()
-    head = weights.get("lm_head.weight")
-    if head is not None and "wte.weight" in state and not torch.equal(head.float(), state["wte.weight"]):
-        raise ValueError(f"{path}: lm_head.weight differs from wte.weight; only tied GPT-2s are read")
-    if "wte.weight" in state:
-        state["lm_head.weight"] = state["wte.weight"]  # our state dict names the tied weight twice
-    return {"model": state, "model_config": asdict(config), "train_config": {"init": path},
-            "step": 0, "tokenizer": None}
-
-
-def load_gpt2(path, device="cpu", dropout=0.0):
-    """Our GPT, in eval mode, with the weights of a Hugging Face GPT-2 directory."""
-    return load_checkpoint(path, device, dropout=dropout)[0]

@@ -40,7 +40,7 @@ from model import load_checkpoint, save_checkpoint, token_logprobs
 class Config:
     data_dir: str = "out/data"
     init: str = "out/pretrain.pt"    # the base model, made by: python pretrain.py; or a
-                                     # Hugging Face GPT-2 directory (model.load_gpt2)
+                                     # Hugging Face GPT-2 directory (gpt2_weights.py)
     out: str = "out/sft.pt"          # final model (used by later stages)
     best_out: str = "out/sft_best.pt"  # lowest validation loss
     device: str = "auto"

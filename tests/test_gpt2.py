@@ -1,8 +1,8 @@
-"""GPT-2's architecture in model.py (learned positions, tanh GELU) and the reader of Hugging
-Face GPT-2 directories: the invariants of test_model.py on the GPT-2 variant, the safetensors
-reader against the safetensors package, and the logits of a tiny random GPT-2 against
-transformers' own, in both weight formats. transformers and safetensors are test-only
-dependencies; the tests that need them skip where they are absent."""
+"""GPT-2's architecture in model.py (learned positions, tanh GELU) and gpt2_weights.py, the
+reader of Hugging Face GPT-2 directories: the invariants of test_model.py on the GPT-2
+variant, the safetensors reader against the safetensors package, and the logits of a tiny
+random GPT-2 against transformers' own, in both weight formats. transformers and safetensors
+are test-only dependencies; the tests that need them skip where they are absent."""
 import json
 import os
 import sys
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from model import (GPT, GPTConfig, KVCache, load_checkpoint, load_gpt2, read_gpt2,  # noqa: E402
-                   read_safetensors)
+from gpt2_weights import load_gpt2, read_gpt2, read_safetensors  # noqa: E402
+from model import GPT, GPTConfig, KVCache, load_checkpoint  # noqa: E402
 
 torch.set_num_threads(1)
 VOCAB = 64
