@@ -81,7 +81,7 @@ def main(cfg):
     ns = [int(x) for x in cfg.ns.split(",")]
     if min(ns) < 1:
         raise ValueError(f"--ns: every N must be at least 1, got {cfg.ns}")
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts")
     prompts = [r["prompt"] for r in rows]
     policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name)

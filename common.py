@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import resource
 import sys
 import time
 
@@ -118,6 +119,30 @@ def autocast_for(device):
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def peak_memory(device):
+    """The stage's peak memory as a line to print: on a GPU the most its tensors ever held
+    (torch.cuda.max_memory_allocated); elsewhere the process's peak resident size, which
+    also counts Python, PyTorch itself and the data."""
+    if device == "cuda":
+        return f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return f"peak memory {kib / (2**30 if sys.platform == 'darwin' else 2**20):.2f} GiB (whole process)"
+
+
+@contextlib.contextmanager
+def visiting(model, device, offload):
+    """Run a frozen model on `device` inside the block. With offload it lives in CPU memory
+    and visits the device only for the block: two copies over PCIe per visit instead of
+    GPU memory held through the update, where the trained models need it."""
+    if offload:
+        model.to(device)
+    try:
+        yield model
+    finally:
+        if offload:
+            model.to("cpu")
 
 
 # -----------------------------------------------------------------------------

@@ -35,7 +35,6 @@ held-out prompts are simply the last 10% of the file.
 """
 import dataclasses
 import math
-import os
 import random
 import sys
 import time
@@ -44,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, parse_config, setup
+from common import Logger, parse_config, peak_memory, setup
 from data import world
 from data.chat import encode_pairs, gold_check
 from data.labelers import ranked_pairs
@@ -164,7 +163,7 @@ def evaluate(model, enc, pairs, ref_chosen, ref_rejected, cfg, device, autocast)
 
 def main(cfg):
     device, autocast = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     rows = load_comparisons(cfg.comparisons)
     n_val = max(1, int(cfg.val_frac * len(rows)))  # held out by prompt, not by pair
     rng = random.Random(cfg.seed)
@@ -234,7 +233,7 @@ def main(cfg):
     print(f"saved {cfg.out}: held-out loss {val['loss']:.4f} (log 2 = 0.6931 at the start), "
           f"implicit-reward accuracy {val['acc']:.1%} (labels) {val['gold_acc']:.1%} (gold), "
           f"margin {val['margin']:.3f}; "
-          f"{time.time() - t0:.0f} s")
+          f"{time.time() - t0:.0f} s; {peak_memory(device)}")
 
     # 4. The gold labeler's verdict on the held-out evaluation prompts, SFT beside DPO.
     if cfg.n_eval_prompts:

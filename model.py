@@ -5,7 +5,9 @@ PPO value model and the frozen reference policy are all this one class.
 What is here: a GPT-2 style decoder (pre-LayerNorm blocks, GELU MLP, tied unembedding)
 with rotary positions, an optional scalar head for reward and value models, left-padding
 aware attention masks, sampling with a KV cache, log-probs of given tokens, and one
-checkpoint format for every stage.
+checkpoint format for every stage. With pos_emb="learned" and gelu="tanh" the class is
+GPT-2 exactly, so the real pretrained weights can start the pipeline: gpt2_weights.py
+reads a Hugging Face GPT-2 download, and load_checkpoint takes its directory.
 
 Rotary positions (Su et al. 2021), not GPT-2's learned ones: attention then sees how far
 apart two tokens are, which is what copying from the context needs. In this world's CPU
@@ -41,6 +43,9 @@ class GPTConfig:
     bias: bool = True          # biases in Linear and LayerNorm, as in GPT-2
     use_sdpa: bool = False     # False: attention written out; True: F.scaled_dot_product_attention
     scalar_head: bool = False  # True: a Linear(n_embd, 1) "score_head" replaces the unembedding
+    pos_emb: str = "rotary"    # "rotary" (Su et al. 2021) or "learned": GPT-2's table of block_size vectors
+    gelu: str = "none"         # nn.GELU's approximate: "none" (exact erf) or "tanh" (GPT-2's)
+    ln_eps: float = 1e-5       # LayerNorm epsilon (GPT-2's, and PyTorch's default)
 
 
 class KVCache:
@@ -90,7 +95,8 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        assert config.n_embd % config.n_head == 0 and (config.n_embd // config.n_head) % 2 == 0, \
+        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
+        assert config.pos_emb != "rotary" or (config.n_embd // config.n_head) % 2 == 0, \
             "n_embd / n_head must be an even head size (rotary positions turn channel pairs)"
         self.layer_idx = layer_idx  # which slot of the KV cache is ours
         self.n_head, self.n_embd = config.n_head, config.n_embd
@@ -103,14 +109,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, mask, rope, kv_cache=None):
         # mask: (B, 1, T, S) bool, True where query t may attend to key s (S = cached + T)
-        # rope: (cos, sin) of the T new positions, (B, 1, T, hs/2) each
+        # rope: (cos, sin) of the T new positions, (B, 1, T, hs/2) each; None with learned positions
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # the cache keeps rotated keys
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # the cache keeps rotated keys
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)   # (B, nh, S, hs)
         if self.use_sdpa:
@@ -133,7 +140,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -145,9 +152,9 @@ class Block(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.ln_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.ln_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, mask, rope, kv_cache=None):
@@ -161,11 +168,15 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        if config.pos_emb not in ("rotary", "learned"):
+            raise ValueError(f"pos_emb must be 'rotary' or 'learned', got {config.pos_emb!r}")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.pos_emb == "learned":  # made only when used, so rotary models draw the same init
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.ln_eps, bias=config.bias)
         if config.scalar_head:
             self.score_head = nn.Linear(config.n_embd, 1)
         else:
@@ -219,8 +230,13 @@ class GPT(nn.Module):
         mask = (k_pos <= q_pos)[None] & attention_mask.bool()[:, None, :]  # (B, T, S)
         mask = (mask | (k_pos == q_pos)[None])[:, None]  # (B, 1, T, S), broadcast over heads
 
-        x = self.drop(self.wte(idx))  # (B, T, C); positions enter as rotations of q and k
-        rope = rotary(position_ids, self.config.n_embd // self.config.n_head)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos_emb == "learned":  # GPT-2: a learned vector per position, added once
+            x = x + self.wpe(position_ids)
+        else:  # rotary: positions enter every layer as rotations of q and k
+            rope = rotary(position_ids, self.config.n_embd // self.config.n_head)
+        x = self.drop(x)
         for block in self.h:
             x = block(x, mask, rope, kv_cache)
         x = self.ln_f(x)
@@ -329,20 +345,28 @@ def save_checkpoint(path, model, train_config, step, tokenizer, **extra):
 def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_head=None,
                     dropout=None):
     """Returns (model in eval mode on device, checkpoint dict). scalar_head=True on an LM
-    checkpoint keeps the body and starts a zero score head (SFT -> reward model)."""
+    checkpoint keeps the body and starts a zero score head (SFT -> reward model). `path` may
+    also be a Hugging Face GPT-2 directory (gpt2_weights.read_gpt2)."""
     if not os.path.exists(path):
         msg = f"no checkpoint at {path}"
         raise FileNotFoundError(msg + (f"; make it with: {make_cmd}" if make_cmd else ""))
-    try:
-        # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint: expected a dict with 'model' and 'model_config'")
-    if tokenizer is not None and ckpt.get("tokenizer") != tokenizer:
-        raise ValueError(f"{path} was trained with tokenizer {ckpt.get('tokenizer')!r}, "
-                         f"but this run uses {tokenizer!r}")
+    if os.path.isdir(path):
+        # a Hugging Face GPT-2 download; it does not record its tokenizer (the caller checks
+        # that the vocabulary sizes agree). Imported here, not above: gpt2_weights.py builds
+        # on this file, and a model read from checkpoint files needs nothing but torch.
+        from gpt2_weights import read_gpt2
+        ckpt = read_gpt2(path)
+    else:
+        try:
+            # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+            raise ValueError(f"{path} is not a checkpoint: expected a dict with 'model' and 'model_config'")
+        if tokenizer is not None and ckpt.get("tokenizer") != tokenizer:
+            raise ValueError(f"{path} was trained with tokenizer {ckpt.get('tokenizer')!r}, "
+                             f"but this run uses {tokenizer!r}")
     try:
         config = GPTConfig(**ckpt["model_config"])
     except TypeError as e:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, parse_config, setup
+from common import Logger, parse_config, peak_memory, setup
 from data import world
 from data.chat import score_responses
 from data.labelers import ranked_pairs
@@ -122,14 +122,15 @@ def evaluate(model, enc, rows, device, batch_size):
                         gold_hits += (r[b, a] > r[b, c]).item() == (g[a] > g[c])
     model.train()
     rm_t, gold_t = torch.tensor(rm_all), torch.tensor(gold_all)
-    corr = torch.corrcoef(torch.stack([rm_t, gold_t]))[0, 1].item()
-    return hits / max(n, 1), gold_hits / max(gold_n, 1), corr
+    # a real data set has no gold labeler: nan, not a 0% that looks measured
+    corr = torch.corrcoef(torch.stack([rm_t, gold_t]))[0, 1].item() if gold_all else float("nan")
+    return hits / max(n, 1), gold_hits / gold_n if gold_n else float("nan"), corr
 
 
 if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
     device, autocast = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     rows = load_comparisons(cfg.comparisons)
     n_val = max(1, int(cfg.val_frac * len(rows)))
     train_rows, val_rows = rows[:-n_val], rows[-n_val:]
@@ -184,3 +185,4 @@ if __name__ == "__main__":
           f"with each other, printed by data.collect, is the ceiling), {gold_acc:.1%} against the "
           f"gold order; correlation with the gold score {corr:.2f}; demonstrations score "
           f"0 +- {score_std:.3f}; {time.time() - t0:.0f} s")
+    print(peak_memory(device))

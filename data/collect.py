@@ -46,7 +46,7 @@ if __name__ == "__main__":
     if not 2 <= cfg.k <= 9:
         raise SystemExit(f"--k must be between 2 and 9, got {cfg.k}")
     device, _ = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     model, _ = load_checkpoint(cfg.policy, device, make_cmd="python sft.py", tokenizer=enc.name)
     prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "rm_prompts.jsonl"), "prompts")]
     t0 = time.time()

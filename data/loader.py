@@ -8,9 +8,15 @@ Loading the JSONL data sets, with the field names the open-source ecosystem uses
   prompts    {"prompt": str, ...}
 
 Every line is checked; a bad one raises DataError naming the file and the line number.
+
+A data directory may also hold dataset.json, the data set's description: its chat template
+(how a prompt is shown to the model), its tokenizer, and whether the world's gold labeler
+can score it. Without one, a directory is the world's (python -m data.generate).
 """
 import json
 import os
+
+from data import world
 
 SCHEMAS = {
     "sft": {"prompt": str, "completion": str},
@@ -81,3 +87,35 @@ def load_comparisons(path):
         return [{"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]]}
                 for r in load_jsonl(path, "pairs")]
     return load_jsonl(path, "rankings", make_cmd="python -m data.collect")
+
+
+DESCRIPTION = "dataset.json"
+# the world's description, and the default of every field
+WORLD = {"name": "world", "chat_template": world.chat("{prompt}"),
+         "tokenizer": "tokenizer.tiktoken", "gold_labeler": True}
+
+
+def load_description(data_dir):
+    """The description of the data set in data_dir (its dataset.json), with the world's
+    values for anything it does not say:
+      name            "world"
+      chat_template   "User: {prompt}\nAssistant:"; a response follows after one space
+      tokenizer       "tokenizer.tiktoken" (a rank file in data_dir) or "gpt2" (tiktoken's)
+      gold_labeler    true only for the world: data/world.py can score its prompts"""
+    path = os.path.join(data_dir, DESCRIPTION)
+    if not os.path.exists(path):
+        return dict(WORLD)
+    try:
+        with open(path, encoding="utf-8") as f:
+            given = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg})") from None
+    if not isinstance(given, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    desc = {**WORLD, "gold_labeler": False, **given}  # a data set of its own is not the world's
+    template = desc["chat_template"]
+    if not isinstance(template, str) or template.count("{prompt}") != 1:
+        raise DataError(f"{path}: chat_template must be a string with one {{prompt}}, got {template!r}")
+    if not isinstance(desc["tokenizer"], str) or not isinstance(desc["gold_labeler"], bool):
+        raise DataError(f"{path}: tokenizer must be a string and gold_labeler true or false")
+    return desc
