@@ -29,12 +29,12 @@ import time
 
 import torch
 
+from checkpoint import load_checkpoint
 from common import ConfigError, parse_config, setup, win_rate
 from data import world
 from data.chat import row_check, sample_responses, score_responses
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
-from model import load_checkpoint
 
 
 @dataclasses.dataclass
@@ -82,7 +82,7 @@ def main(cfg):
         raise ConfigError(f"--ns must be whole numbers, each at least 1, separated by commas; "
                           f"got {cfg.ns!r}")
     ns = [int(x) for x in cfg.ns.split(",")]
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name,
                                 kind="language model")
     reward_model, _ = load_checkpoint(cfg.reward, device, make_cmd="python reward.py",

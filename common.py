@@ -1,7 +1,8 @@
 """
 Shared plumbing for the stage scripts: config parsing and the options' allowed ranges,
-device and dtype, seeding, JSONL logging and the one-line log, the check that stops a run
-before a NaN reaches its weights, and one-line error messages. Nothing here is part of the
+device and dtype, seeding, peak memory and offloading a frozen model, JSONL logging and the
+one-line log, the check that stops a run before a NaN reaches its weights, and one-line
+error messages. Nothing here is part of the
 learning algorithms; each script keeps its own math and its own training loop.
 """
 import contextlib
@@ -12,6 +13,7 @@ import math
 import os
 import random
 import re
+import resource
 import sys
 import time
 
@@ -128,13 +130,15 @@ OPTION_RANGES = {
                      "n_rm", "n_ppo", "n_val", "n_eval"], at_least(1)),
     # where 0 means none, or all, or never
     **dict.fromkeys(["warmup_iters", "n_eval_prompts", "n_prompts", "n_shots", "pairs_per_prompt",
-                     "sample_every", "save_every", "ppo_iters"], at_least(0)),
+                     "sample_every", "save_every", "ppo_iters", "max_rows"], at_least(0)),
+    # data.hh's token limits: a row longer than these is dropped
+    **dict.fromkeys(["max_prompt_tokens", "max_response_tokens"], at_least(1)),
     # coefficients: 0 switches a term off (beta 0: no KL penalty in PPO); below, nonsense
     **dict.fromkeys(["min_lr", "weight_decay", "ptx_coef", "beta"], at_least(0)),
     # rates, clips and temperatures: at 0 nothing moves, or sampling divides by zero
     **dict.fromkeys(["lr", "vf_lr", "grad_clip", "max_grad_norm", "kl_target", "clip_value",
                      "temperature", "noise"], above(0)),
-    **dict.fromkeys(["val_frac", "clip_eps"], inside(0, 1)),
+    **dict.fromkeys(["val_frac", "clip_eps", "sft_share", "rm_share"], inside(0, 1)),
     **dict.fromkeys(["gamma", "lam", "terse_share", "myth_rate"], between(0, 1)),
     "dropout": ((lambda x: 0 <= x < 1), "at least 0 and less than 1"),
     "k": between(2, 9),                      # the paper ranked 4 to 9 responses
@@ -142,6 +146,7 @@ OPTION_RANGES = {
     "vocab_size": between(257, 65536),       # 256 bytes and EOS; the corpus is stored as uint16
     "split": one_of("eval", "val"),
     "preset": one_of("auto", "cpu", "gpu"),
+    "tokenizer": one_of("gpt2", "bpe"),      # data.hh: GPT-2's encoding, or a BPE trained there
 }
 
 
@@ -206,6 +211,30 @@ def autocast_for(device):
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def peak_memory(device):
+    """The stage's peak memory as a line to print: on a GPU the most its tensors ever held
+    (torch.cuda.max_memory_allocated); elsewhere the process's peak resident size, which
+    also counts Python, PyTorch itself and the data."""
+    if device == "cuda":
+        return f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return f"peak memory {kib / (2**30 if sys.platform == 'darwin' else 2**20):.2f} GiB (whole process)"
+
+
+@contextlib.contextmanager
+def visiting(model, device, offload):
+    """Run a frozen model on `device` inside the block. With offload it lives in CPU memory
+    and visits the device only for the block: two copies over PCIe per visit instead of
+    GPU memory held through the update, where the trained models need it."""
+    if offload:
+        model.to(device)
+    try:
+        yield model
+    finally:
+        if offload:
+            model.to("cpu")
 
 
 # -----------------------------------------------------------------------------

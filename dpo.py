@@ -35,7 +35,6 @@ held-out prompts are simply the last 10% of the file.
 """
 import dataclasses
 import math
-import os
 import random
 import sys
 import time
@@ -44,13 +43,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, above, check_finite, log_path, parse_config, setup
+from checkpoint import load_checkpoint, save_checkpoint
+from common import Logger, above, check_finite, log_path, parse_config, peak_memory, setup
 from data import world
 from data.chat import encode_pairs, gold_check, load_eval_prompts, row_check
 from data.labelers import ranked_pairs
 from data.loader import DataError, load_comparisons, ranks_of
 from data.tokenizer import get_tokenizer
-from model import load_checkpoint, save_checkpoint, token_logprobs
+from model import token_logprobs
 
 
 @dataclasses.dataclass
@@ -164,7 +164,7 @@ def evaluate(model, enc, pairs, ref_chosen, ref_rejected, cfg, device, autocast)
 
 def main(cfg):
     device, autocast = setup(cfg, beta=above(0))  # at beta 0 the loss is log 2 whatever the policy
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     # no dropout: the policy must equal the reference exactly at step 0 (loss = log 2)
     model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
                                dropout=0.0, kind="language model")
@@ -247,7 +247,7 @@ def main(cfg):
     print(f"saved {cfg.out}: held-out loss {val['loss']:.4f} (log 2 = 0.6931 at the start), "
           f"implicit-reward accuracy {val['acc']:.1%} (labels) {val['gold_acc']:.1%} (gold), "
           f"margin {val['margin']:.3f}; "
-          f"{time.time() - t0:.0f} s")
+          f"{time.time() - t0:.0f} s; {peak_memory(device)}")
 
     # 4. The gold labeler's verdict on the held-out evaluation prompts, SFT beside DPO.
     if cfg.n_eval_prompts:

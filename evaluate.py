@@ -13,8 +13,15 @@ Writes out/eval/table.md (also printed): the measures per model, the gold score 
 family and for held-out phrasings, answers side by side and a reading against the paper;
 out/eval/results.json (every number) and out/eval/samples.jsonl (every response, scored).
 
+A real data set (python -m data.hh) has no gold labeler. There evaluate_real.py reports
+what can be measured without one: each model's reward-model score and its win rate against
+SFT's by that score, KL to SFT, response length, the reward model's and DPO's implicit
+reward's accuracy on held-out human comparisons, and the samples side by side. Gold score,
+correctness, hallucination, truthfulness and toxicity need the world.
+
 Run:
   python evaluate.py                        # CPU, a minute or two; missing stages are skipped
+  python evaluate.py --data_dir=out/hh --ckpt_dir=out/hh_ckpt --n_prompts=200   # real data
   python evaluate.py --n_samples=4          # more samples per prompt: tighter intervals
   python evaluate.py --models=sft,ppo_ptx --device=cuda
 
@@ -34,13 +41,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import ConfigError, parse_config, setup, win_rate, write_jsonl
+from checkpoint import load_checkpoint
+from common import ConfigError, parse_config, peak_memory, setup, win_rate, write_jsonl
 from data import world
 from data.chat import decode_responses, encode_pairs, row_check
 from data.corpus import get_batch, load_corpus
-from data.loader import load_jsonl
+from data.loader import load_description, load_jsonl
 from data.tokenizer import EOS, encode, get_tokenizer
-from model import lm_loss, load_checkpoint, token_logprobs
+from model import lm_loss, token_logprobs
 
 STAGES = {  # name: (checkpoint file in ckpt_dir, the command that makes it)
     "base": ("pretrain.pt", "python pretrain.py"),
@@ -275,7 +283,12 @@ def main(cfg):
     if asked - set(STAGES):
         raise ConfigError(f"--models: unknown {', '.join(sorted(asked - set(STAGES)))}; "
                           f"known: {', '.join(STAGES)}")
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
+    if not load_description(cfg.data_dir)["gold_labeler"]:
+        # a real data set: evaluate_real.py measures what can be measured without the world
+        # (imported here, not above: it builds on this file's sampling, KL and table helpers)
+        from evaluate_real import main_without_gold
+        return main_without_gold(cfg, enc, device, autocast)
     # SFT is the baseline of the win rates and the reference of the KL: it must exist
     ref, _ = load_checkpoint(os.path.join(cfg.ckpt_dir, STAGES["sft"][0]), device,
                              make_cmd=STAGES["sft"][1], tokenizer=enc.name, kind="language model")
@@ -358,7 +371,7 @@ def main(cfg):
     write_jsonl(os.path.join(cfg.out_dir, "samples.jsonl"), sample_rows)
     with open(os.path.join(cfg.out_dir, "table.md"), "w") as f:  # last: pipeline.py looks for it
         f.write(table)
-    print(f"wrote {cfg.out_dir}/table.md, results.json and samples.jsonl")
+    print(f"wrote {cfg.out_dir}/table.md, results.json and samples.jsonl; {peak_memory(device)}")
     return results
 
 

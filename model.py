@@ -4,8 +4,10 @@ PPO value model and the frozen reference policy are all this one class.
 
 What is here: a GPT-2 style decoder (pre-LayerNorm blocks, GELU MLP, tied unembedding)
 with rotary positions, an optional scalar head for reward and value models, left-padding
-aware attention masks, sampling with a KV cache, log-probs of given tokens, and one
-checkpoint format for every stage.
+aware attention masks, sampling with a KV cache and log-probs of given tokens. With
+pos_emb="learned" and gelu="tanh" the class is GPT-2 exactly, so the real pretrained
+weights can start the pipeline: gpt2_weights.py reads a Hugging Face GPT-2 download.
+Saving and loading, one format for every stage, is checkpoint.py's.
 
 Rotary positions (Su et al. 2021), not GPT-2's learned ones: attention then sees how far
 apart two tokens are, which is what copying from the context needs. In this world's CPU
@@ -22,9 +24,7 @@ What is simplified, and could be exercises:
 """
 
 import math
-import os
-import pickle
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,9 @@ class GPTConfig:
     bias: bool = True          # biases in Linear and LayerNorm, as in GPT-2
     use_sdpa: bool = False     # False: attention written out; True: F.scaled_dot_product_attention
     scalar_head: bool = False  # True: a Linear(n_embd, 1) "score_head" replaces the unembedding
+    pos_emb: str = "rotary"    # "rotary" (Su et al. 2021) or "learned": GPT-2's table of block_size vectors
+    gelu: str = "none"         # nn.GELU's approximate: "none" (exact erf) or "tanh" (GPT-2's)
+    ln_eps: float = 1e-5       # LayerNorm epsilon (GPT-2's, and PyTorch's default)
 
     def __post_init__(self):
         # a config that cannot build a model says so here, by name, not as a shape error later
@@ -49,11 +52,19 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number, at least 1, got {value!r}")
-        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"n_embd {self.n_embd} must be n_head {self.n_head} times an even "
-                             "head size (rotary positions turn pairs of channels)")
+        if self.pos_emb not in ("rotary", "learned"):
+            raise ValueError(f"pos_emb must be 'rotary' or 'learned', got {self.pos_emb!r}")
+        rotary = self.pos_emb == "rotary"  # rotary positions turn pairs of channels
+        if self.n_embd % self.n_head or (rotary and (self.n_embd // self.n_head) % 2):
+            raise ValueError(f"n_embd {self.n_embd} must be n_head {self.n_head} times "
+                             + ("an even head size (rotary positions turn pairs of channels)"
+                                if rotary else "a whole head size"))
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be at least 0 and less than 1, got {self.dropout!r}")
+        if self.gelu not in ("none", "tanh"):
+            raise ValueError(f"gelu must be 'none' or 'tanh', got {self.gelu!r}")
+        if not isinstance(self.ln_eps, (int, float)) or not self.ln_eps > 0:
+            raise ValueError(f"ln_eps must be a number above 0, got {self.ln_eps!r}")
 
 
 class KVCache:
@@ -114,14 +125,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, mask, rope, kv_cache=None):
         # mask: (B, 1, T, S) bool, True where query t may attend to key s (S = cached + T)
-        # rope: (cos, sin) of the T new positions, (B, 1, T, hs/2) each
+        # rope: (cos, sin) of the T new positions, (B, 1, T, hs/2) each; None with learned positions
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # the cache keeps rotated keys
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # the cache keeps rotated keys
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)   # (B, nh, S, hs)
         if self.use_sdpa:
@@ -144,7 +156,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -156,9 +168,9 @@ class Block(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.ln_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.ln_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, mask, rope, kv_cache=None):
@@ -174,9 +186,11 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.pos_emb == "learned":  # made only when used, so rotary models draw the same init
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.ln_eps, bias=config.bias)
         if config.scalar_head:
             self.score_head = nn.Linear(config.n_embd, 1)
         else:
@@ -230,8 +244,13 @@ class GPT(nn.Module):
         mask = (k_pos <= q_pos)[None] & attention_mask.bool()[:, None, :]  # (B, T, S)
         mask = (mask | (k_pos == q_pos)[None])[:, None]  # (B, 1, T, S), broadcast over heads
 
-        x = self.drop(self.wte(idx))  # (B, T, C); positions enter as rotations of q and k
-        rope = rotary(position_ids, self.config.n_embd // self.config.n_head)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos_emb == "learned":  # GPT-2: a learned vector per position, added once
+            x = x + self.wpe(position_ids)
+        else:  # rotary: positions enter every layer as rotations of q and k
+            rope = rotary(position_ids, self.config.n_embd // self.config.n_head)
+        x = self.drop(x)
         for block in self.h:
             x = block(x, mask, rope, kv_cache)
         x = self.ln_f(x)
@@ -314,83 +333,3 @@ def entropy_from_logits(logits):
     """Entropy of the softmax at every position: (B, T, vocab) -> (B, T)."""
     logp = F.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
-
-
-# -----------------------------------------------------------------------------
-# checkpoints: one format for every stage, so any stage can start from any other
-
-def save_checkpoint(path, model, train_config, step, tokenizer, **extra):
-    """Write atomically: a crash mid-save leaves the old checkpoint, never half of a new one,
-    and non-finite weights are refused. Everything saved must be tensors or plain Python
-    data, so loading can use weights_only."""
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile, keeping key names clean
-    for name, tensor in model.state_dict().items():  # a NaN never reaches the disk
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise FloatingPointError(f"not saving {path}: weight {name} is not finite at step "
-                                     f"{step} (a learning rate too large?); the file on disk, "
-                                     "if any, is the last good one")
-    ckpt = {"model": model.state_dict(), "model_config": asdict(model.config),
-            "train_config": train_config, "step": step, "tokenizer": tokenizer, **extra}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"  # same directory, so os.replace is a rename on one filesystem
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):  # a save that failed or was interrupted leaves nothing behind
-            os.remove(tmp)
-
-
-def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_head=None,
-                    dropout=None, kind=None):
-    """Returns (model in eval mode on device, checkpoint dict). kind="language model" or
-    "reward model" refuses a checkpoint of the other kind, naming it and make_cmd, before
-    any shape error could. scalar_head=True on an LM checkpoint keeps the body and starts a
-    fresh score head (SFT -> reward model)."""
-    if not os.path.exists(path):
-        msg = f"no checkpoint at {path}"
-        raise FileNotFoundError(msg + (f"; make it with: {make_cmd}" if make_cmd else ""))
-    try:
-        # weights_only: a checkpoint is data; unpickling arbitrary objects could run code
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's own message suggests weights_only=False: no
-        raise ValueError(f"{path} is not a checkpoint of tensors and plain data, the only kind "
-                         "this code loads (it never runs code from a file)") from e
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint: expected a dict with 'model' and 'model_config'")
-    if tokenizer is not None and ckpt.get("tokenizer") != tokenizer:
-        raise ValueError(f"{path} was trained with tokenizer {ckpt.get('tokenizer')!r}, "
-                         f"but this run uses {tokenizer!r}")
-    try:
-        config = GPTConfig(**ckpt["model_config"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its model_config cannot build a model: {e}") from e
-    saved_scalar = config.scalar_head
-    saved_kind = "reward model" if saved_scalar else "language model"
-    if kind is not None and kind != saved_kind:
-        raise ValueError(f"{path} is a {saved_kind}; this stage needs a {kind}"
-                         + (f", made by: {make_cmd}" if make_cmd else ""))
-    if dropout is not None:  # fine-tuning may use another dropout than pretraining did
-        config.dropout = dropout
-    if scalar_head is not None:
-        config.scalar_head = scalar_head
-    model = GPT(config)
-    state = ckpt["model"]
-    head_keys = {"lm_head.weight", "score_head.weight", "score_head.bias"}
-    allowed_missing = set()
-    if config.scalar_head != saved_scalar:
-        # a different head: load the body only; the new head keeps its init
-        # (zero score head, or an lm_head tied to the loaded wte)
-        state = {k: v for k, v in state.items() if k not in head_keys}
-        allowed_missing = head_keys
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except (RuntimeError, TypeError, AttributeError) as e:  # shape mismatches, or not a state dict
-        raise ValueError(f"{path}: weights do not fit the model config: {e}") from e
-    missing = [k for k in missing if k not in allowed_missing]
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the model config "
-                         f"(missing {missing}, unexpected {unexpected})")
-    return model.to(device).eval(), ckpt

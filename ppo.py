@@ -25,7 +25,8 @@ Simplified (exercises):
 - constant learning rates (CleanRL anneals them linearly to zero); no early stop of the
   epochs when the approx KL grows too large;
 - rollout and update alternate on one device; the four models are full copies (as in
-  the paper the value model is its own network; sharing a body would save memory);
+  the paper the value model is its own network; sharing a body would save memory;
+  --offload=true keeps the two frozen ones in CPU memory between rollouts);
 - responses end only at EOS or at max_new_tokens.
 """
 import dataclasses
@@ -38,13 +39,14 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import Logger, check_finite, log_path, parse_config, setup
+from checkpoint import load_checkpoint, save_checkpoint
+from common import Logger, check_finite, log_path, parse_config, peak_memory, setup, visiting
 from data import world
 from data.chat import decode_responses, encode_prompts, row_check
 from data.corpus import get_batch, load_corpus
-from data.loader import load_jsonl
+from data.loader import load_description, load_jsonl
 from data.tokenizer import get_tokenizer
-from model import entropy_from_logits, load_checkpoint, save_checkpoint, token_logprobs
+from model import entropy_from_logits, token_logprobs
 from model import response_mask as make_response_mask
 
 
@@ -86,6 +88,8 @@ class Config:
     sample_every: int = 10           # print a few samples every this many iterations
     n_samples: int = 3
     save_every: int = 0              # also save every this many iterations (0: at the end only)
+    offload: bool = False            # keep the frozen reference and reward models in CPU memory,
+                                     # on the GPU only while they score a rollout
 
 
 # The KL coefficient. The score is in units of the RM's std on the demonstrations. At the
@@ -236,21 +240,25 @@ def heldout_lm_loss(model, tokens, block_size, n_windows=32):
 def main(cfg):
     device, autocast = setup(cfg)
     out = cfg.out or f"out/ppo{'_ptx' if cfg.ptx_coef > 0 else ''}{'_gold' if cfg.gold_reward else ''}.pt"
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     eos = enc.eot_token
     train_tokens, val_tokens = load_corpus(cfg.data_dir, enc)  # for the ptx term and the tax
+    has_gold = load_description(cfg.data_dir)["gold_labeler"]  # the world's; a real data set has none
+    if cfg.gold_reward and not has_gold:
+        raise ValueError("--gold_reward needs the world's gold labeler; this data set has none")
 
     # four models, all in eval mode: RL has no dropout, so before the first step the
     # new/old ratio is exactly 1 (Huang et al. 2023)
     policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name,
                                 kind="language model")
-    ref_policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name)
-    reward_model, rm_ckpt = load_checkpoint(cfg.reward, device, make_cmd="python reward.py",
+    frozen_device = "cpu" if cfg.offload else device
+    ref_policy, _ = load_checkpoint(cfg.sft, frozen_device, make_cmd="python sft.py", tokenizer=enc.name)
+    reward_model, rm_ckpt = load_checkpoint(cfg.reward, frozen_device, make_cmd="python reward.py",
                                             tokenizer=enc.name, kind="reward model")
     if not reward_model.config.scalar_head or "score_std" not in rm_ckpt:
         raise ValueError(f"{cfg.reward} is not a reward model with a score_std; make one with: python reward.py")
     value_model, _ = load_checkpoint(cfg.reward, device, tokenizer=enc.name, scalar_head=True)
-    fits = row_check(enc, policy.config.block_size, cfg.max_new_tokens, gold=True)
+    fits = row_check(enc, policy.config.block_size, cfg.max_new_tokens, gold=has_gold)
     prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "ppo_prompts.jsonl"), "prompts", check=fits)]
     ref_policy.requires_grad_(False)
     reward_model.requires_grad_(False)
@@ -285,9 +293,11 @@ def main(cfg):
         gen_tokens += lengths.sum().item()
         # the gold labeler scores every response: logged always, the reward with --gold_reward
         texts = decode_responses(enc, responses, eos)
-        gold = torch.tensor([world.score(p, r) for p, r in zip(batch_prompts, texts)], device=device)
+        gold = torch.tensor([world.score(p, r) if has_gold else float("nan")
+                             for p, r in zip(batch_prompts, texts)], device=device)
 
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast, visiting(reward_model, device, cfg.offload), \
+                visiting(ref_policy, device, cfg.offload):
             # 2. score: the RM's output at the last response token (the EOS if it ended),
             #    in units of its std on the demonstrations. A response that never ended
             #    scores no_eos_penalty instead (Huang et al. 2023): the RM never saw one
@@ -389,6 +399,7 @@ def main(cfg):
     print(f"saved {out}: {elapsed / cfg.iters:.2f} s per iteration, "
           f"rollout {gen_tokens / gen_time:,.0f} tokens/s")
     print(f"alignment tax: held-out pretraining loss {tax_before:.4f} (SFT) -> {tax_after:.4f}")
+    print(peak_memory(device))
     logger.log(cfg.iters, line=False, heldout_lm_loss_sft=tax_before, heldout_lm_loss=tax_after,
                s_per_iter=elapsed / cfg.iters, rollout_tok_s=gen_tokens / gen_time)
     logger.close()

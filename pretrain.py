@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from checkpoint import save_checkpoint
 from common import Logger, check_finite, log_path, parse_config, setup
 from data import world
 from data.chat import load_eval_prompts, sample_responses
 from data.tokenizer import encode, get_tokenizer
 from data.corpus import get_batch, load_corpus
-from model import GPT, GPTConfig, lm_loss, save_checkpoint
+from model import GPT, GPTConfig, lm_loss
 
 
 @dataclasses.dataclass

@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Logger, check_finite, log_path, parse_config, setup
+from checkpoint import load_checkpoint, save_checkpoint
+from common import Logger, check_finite, log_path, parse_config, peak_memory, setup
 from data import world
 from data.chat import row_check, score_responses
 from data.labelers import ranked_pairs
 from data.loader import DataError, load_comparisons, load_jsonl, ranks_of
 from data.tokenizer import get_tokenizer
-from model import load_checkpoint, save_checkpoint
 
 
 @dataclasses.dataclass
@@ -124,14 +124,15 @@ def evaluate(model, enc, rows, device, batch_size):
                         gold_hits += (r[b, a] > r[b, c]).item() == (g[a] > g[c])
     model.train()
     rm_t, gold_t = torch.tensor(rm_all), torch.tensor(gold_all)
-    corr = torch.corrcoef(torch.stack([rm_t, gold_t]))[0, 1].item()
-    return hits / max(n, 1), gold_hits / max(gold_n, 1), corr
+    # a real data set has no gold labeler: nan, not a 0% that looks measured
+    corr = torch.corrcoef(torch.stack([rm_t, gold_t]))[0, 1].item() if gold_all else float("nan")
+    return hits / max(n, 1), gold_hits / gold_n if gold_n else float("nan"), corr
 
 
 if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
     device, autocast = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     # SFT body, scalar head starting at zero: every response scores 0 at step 0
     model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
                                scalar_head=True, dropout=0.0, kind="language model")
@@ -196,4 +197,5 @@ if __name__ == "__main__":
           f"with each other, printed by data.collect, is the ceiling), {gold_acc:.1%} against the "
           f"gold order; correlation with the gold score {corr:.2f}; demonstrations score "
           f"0 +- {score_std:.3f}; {time.time() - t0:.0f} s")
+    print(peak_memory(device))
     logger.close()

@@ -15,6 +15,7 @@ Run:
   python sft.py                      # CPU preset, about a minute and a half
   python sft.py --device=cuda        # GPU preset
   python sft.py --epochs=8 --lr=3e-4
+  python sft.py --init=gpt2 --data_dir=out/hh ...  # from GPT-2's weights (README, "Real model")
 
 Simplified (exercises): the paper picks the final SFT model by reward-model score on a
 validation set; here the last epoch is used. No packing of several demonstrations per row.
@@ -28,17 +29,19 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import Logger, check_finite, log_path, parse_config, setup
+from checkpoint import load_checkpoint, save_checkpoint
+from common import Logger, check_finite, log_path, parse_config, peak_memory, setup
 from data.chat import encode_pairs, gold_check, load_eval_prompts, row_check
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
-from model import load_checkpoint, save_checkpoint, token_logprobs
+from model import token_logprobs
 
 
 @dataclasses.dataclass
 class Config:
     data_dir: str = "out/data"
-    init: str = "out/pretrain.pt"    # the base model, made by: python pretrain.py
+    init: str = "out/pretrain.pt"    # the base model, made by: python pretrain.py; or a
+                                     # Hugging Face GPT-2 directory (gpt2_weights.py)
     out: str = "out/sft.pt"          # final model (used by later stages)
     best_out: str = "out/sft_best.pt"  # lowest validation loss
     device: str = "auto"
@@ -91,10 +94,14 @@ def validation_loss(model, enc, rows, cfg, device, autocast):
 if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
     device, autocast = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     model, base_ckpt = load_checkpoint(cfg.init, device, make_cmd="python pretrain.py",
                                        tokenizer=enc.name, dropout=cfg.dropout,
                                        kind="language model")
+    # a GPT-2 download does not name its tokenizer: its vocabulary size is what can be checked
+    if os.path.isdir(cfg.init) and model.config.vocab_size != enc.n_vocab:
+        raise ValueError(f"{cfg.init} has {model.config.vocab_size} token embeddings, the tokenizer "
+                         f"of {cfg.data_dir} ({enc.name}) {enc.n_vocab} tokens: they do not belong together")
     fits = row_check(enc, model.config.block_size)  # every demonstration, checked now
     train_rows = load_jsonl(os.path.join(cfg.data_dir, "sft.jsonl"), "sft", check=fits)
     val_rows = load_jsonl(os.path.join(cfg.data_dir, "sft_val.jsonl"), "sft", check=fits)
@@ -147,7 +154,7 @@ if __name__ == "__main__":
                     epoch=cfg.epochs)
     print(f"saved {cfg.out} (final, val_loss {val:.4f}) and {cfg.best_out} "
           f"(best val_loss {best_val:.4f}); later stages start from {cfg.out}; "
-          f"{time.time() - t0:.0f} s")
+          f"{time.time() - t0:.0f} s; {peak_memory(device)}")
 
     # The gold labeler's verdict on the held-out evaluation prompts, base model beside SFT.
     if cfg.n_eval_prompts:

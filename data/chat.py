@@ -1,7 +1,9 @@
 """
 The chat format as tensors: prompts in, responses out. Every stage that samples from or
-scores a model goes through here, so the format ("User: ...\nAssistant: ..."), the left
-padding and the EOS convention are defined once.
+scores a model goes through here, so the format, the left padding and the EOS convention
+are defined once. The format is the data set's chat template, which its tokenizer carries
+(data/tokenizer.py): the world's "User: {prompt}\nAssistant:", or a real data set's own,
+such as HH-RLHF's "\n\nHuman: {prompt}\n\nAssistant:". A response follows after one space.
 """
 import os
 
@@ -10,15 +12,20 @@ from tqdm import tqdm
 
 from common import autocast_for
 from data import world
-from data.loader import load_jsonl
+from data.loader import load_description, load_jsonl
 from data.tokenizer import EOS, encode
+
+
+def chat_text(enc, prompt):
+    """The text a model reads before its response: the prompt in the data set's template."""
+    return enc.chat_template.replace("{prompt}", prompt)
 
 
 def encode_prompts(enc, prompts, device):
     """Chat-format and tokenize prompts, LEFT-padded so every row's last prompt token sits
     in the same column and generation continues all rows at once.
     Returns ids (B, T) and attention_mask (B, T), 1 for real tokens."""
-    rows = [encode(enc, world.chat(p)) for p in prompts]
+    rows = [encode(enc, chat_text(enc, p)) for p in prompts]
     T = max(len(r) for r in rows)
     pad = enc.eot_token
     ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows], device=device)
@@ -68,7 +75,7 @@ def row_check(enc, block_size, max_new_tokens=0, gold=False):
         responses = [row[k] for k in ("chosen", "rejected") if k in row] + row.get("responses", [])
         if "completion" in row:
             responses.append(row["completion"] + EOS)
-        prompt = len(encode(enc, world.chat(row["prompt"])))
+        prompt = len(encode(enc, chat_text(enc, row["prompt"])))
         longest = max([max_new_tokens] + [len(encode(enc, " " + r)) for r in responses])
         if prompt + longest > block_size:
             what = "its longest response" if responses else "--max_new_tokens"
@@ -87,7 +94,7 @@ def encode_pairs(enc, prompts, responses, device, block_size, add_eos=False):
     response's tokens (EOS included), 0 on the prompt and the padding."""
     rows = []
     for prompt, response in zip(prompts, responses):
-        p = encode(enc, world.chat(prompt))
+        p = encode(enc, chat_text(enc, prompt))
         r = encode(enc, " " + response) + ([enc.eot_token] if add_eos else [])
         if len(p) + len(r) > block_size:
             raise ValueError(f"prompt + response is {len(p) + len(r)} tokens, over the model's "
@@ -112,7 +119,10 @@ def score_responses(model, enc, prompts, responses, device, add_eos=False):
 
 def load_eval_prompts(data_dir, enc, block_size, max_new_tokens, n_prompts):
     """The first n_prompts held-out evaluation prompts, for gold_check. Loaded and checked
-    with the stage's other data, so that a bad file stops the stage before it trains."""
+    with the stage's other data, so that a bad file stops the stage before it trains.
+    None for a data set without a gold labeler (only the world has one)."""
+    if not load_description(data_dir)["gold_labeler"]:
+        return None
     if not n_prompts:  # no check at the end: no file needed
         return []
     rows = load_jsonl(os.path.join(data_dir, "eval_prompts.jsonl"), "prompts",
@@ -122,9 +132,13 @@ def load_eval_prompts(data_dir, enc, block_size, max_new_tokens, n_prompts):
 
 def gold_check(models, enc, prompts, max_new_tokens, device, seed, logger=None, step=0):
     """Each model of `models` (name -> model) answers `prompts` (held-out evaluation prompts,
-    loaded with the stage's data) at temperature 1, from the same seed, and the gold
-    labeler's report is printed: the end-of-stage check that a stage did what it should.
-    Returns the prompts and the last model's responses."""
+    from load_eval_prompts) at temperature 1, from the same seed, and the gold labeler's
+    report is printed: the end-of-stage check that a stage did what it should. Returns the
+    prompts and the last model's responses."""
+    if prompts is None:  # load_eval_prompts found no gold labeler
+        print("\nno gold labeler for this data set (only the world has one); "
+              "python evaluate.py measures what can be measured without it")
+        return [], []
     for name, model in models.items():
         torch.manual_seed(seed)  # same sampling noise for every model
         responses = sample_responses(model, enc, prompts, max_new_tokens, device=device)

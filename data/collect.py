@@ -19,12 +19,12 @@ import random
 import sys
 import time
 
+from checkpoint import load_checkpoint
 from common import parse_config, setup, write_jsonl
 from data import labelers
 from data.chat import row_check, sample_responses
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
-from model import load_checkpoint
 
 
 @dataclasses.dataclass
@@ -44,7 +44,7 @@ class Config:
 if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:])
     device, _ = setup(cfg)
-    enc = get_tokenizer(os.path.join(cfg.data_dir, "tokenizer.tiktoken"))
+    enc = get_tokenizer(cfg.data_dir)
     model, _ = load_checkpoint(cfg.policy, device, make_cmd="python sft.py", tokenizer=enc.name,
                                kind="language model")
     fits = row_check(enc, model.config.block_size, cfg.max_new_tokens, gold=True)

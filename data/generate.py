@@ -106,10 +106,15 @@ def forum_doc(rng):
 
 
 def labelers_would_write(rng, family, prompt):
-    """The demonstrations are not spread evenly, as in the paper: few answer rude requests,
-    and those about animals' diets cover only world.DEMO_ANIMALS."""
+    """The demonstrations are not spread evenly, as in the paper: few answer rude requests
+    or questions the text cannot answer, and those about animals' diets cover only
+    world.DEMO_ANIMALS."""
     if family == "rude":
         return rng.random() < 0.2
+    if family == "closedqa":
+        f = world.parse(prompt)[2]
+        if world.asked_fact(world.passage_facts(f["passage"]), f["question"]) is None:
+            return rng.random() < 0.2
     if family == "truth":
         return world.parse(prompt)[2]["animals"] in world.DEMO_ANIMALS
     return True

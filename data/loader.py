@@ -10,9 +10,15 @@ Loading the JSONL data sets, with the field names the open-source ecosystem uses
 Every line is checked (UTF-8, JSON, the fields, a prompt that is not empty, and whatever
 the stage itself needs, through `check`); a bad one raises DataError naming the file and
 the line number.
+
+A data directory may also hold dataset.json, the data set's description: its chat template
+(how a prompt is shown to the model), its tokenizer, and whether the world's gold labeler
+can score it. Without one, a directory is the world's (python -m data.generate).
 """
 import json
 import os
+
+from data import world
 
 SCHEMAS = {
     "sft": {"prompt": str, "completion": str},
@@ -101,3 +107,36 @@ def load_comparisons(path, check=None):
         return [{"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]]}
                 for r in load_jsonl(path, "pairs", check=check)]
     return load_jsonl(path, "rankings", make_cmd="python -m data.collect", check=check)
+
+
+DESCRIPTION = "dataset.json"
+# the world's description, and the default of every field
+WORLD = {"name": "world", "chat_template": world.chat("{prompt}"),
+         "tokenizer": "tokenizer.tiktoken", "gold_labeler": True}
+
+
+def load_description(data_dir):
+    """The description of the data set in data_dir (its dataset.json), with the world's
+    values for anything it does not say:
+      name            "world"
+      chat_template   "User: {prompt}\nAssistant:"; a response follows after one space
+      tokenizer       "tokenizer.tiktoken" (a rank file in data_dir) or "gpt2" (tiktoken's)
+      gold_labeler    true only for the world: data/world.py can score its prompts"""
+    path = os.path.join(data_dir, DESCRIPTION)
+    if not os.path.exists(path):
+        return dict(WORLD)
+    with open(path, "rb") as f:
+        text = decode(f.read(), path)
+    try:
+        given = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(given, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    desc = {**WORLD, "gold_labeler": False, **given}  # a data set of its own is not the world's
+    template = desc["chat_template"]
+    if not isinstance(template, str) or template.count("{prompt}") != 1:
+        raise DataError(f"{path}: chat_template must be a string with one {{prompt}}, got {template!r}")
+    if not isinstance(desc["tokenizer"], str) or not isinstance(desc["gold_labeler"], bool):
+        raise DataError(f"{path}: tokenizer must be a string and gold_labeler true or false")
+    return desc

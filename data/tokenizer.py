@@ -1,5 +1,6 @@
 """
-The tokenizer: a byte-level BPE trained on the world's own text, run by tiktoken.
+The tokenizer: a byte-level BPE trained on the world's own text, run by tiktoken; or, for
+GPT-2's real weights, tiktoken's own "gpt2" encoding. get_tokenizer picks one.
 
 Byte-level means the 256 single bytes are tokens 0..255, so any string, in any script,
 round-trips exactly; the merges learned on the corpus (most common adjacent pair first,
@@ -17,6 +18,8 @@ import os
 import re
 
 import tiktoken
+
+from data.loader import WORLD, load_description
 
 EOS = "<|endoftext|>"
 # Splits text into words before BPE, as GPT-2 does: a leading space stays with its word.
@@ -74,15 +77,38 @@ def load_ranks(path):
     return ranks
 
 
-def get_tokenizer(path=DEFAULT_PATH):
-    """The project's tokenizer as a tiktoken.Encoding. Its .name identifies it exactly
-    (it hashes the ranks), and checkpoints record that name."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"tokenizer {path} not found; make it with: python -m data.generate")
-    ranks = load_ranks(path)
-    digest = hashlib.sha1(open(path, "rb").read()).hexdigest()[:10]
-    return tiktoken.Encoding(name=f"world-bpe-{len(ranks) + 1}-{digest}", pat_str=PAT,
-                             mergeable_ranks=ranks, special_tokens={EOS: len(ranks)})
+def get_tokenizer(source=DEFAULT_PATH):
+    """The tokenizer as a tiktoken.Encoding; `source` is one of
+      a data directory   the tokenizer its dataset.json names (data/loader.py), by default
+                         the world's BPE in tokenizer.tiktoken there;
+      a rank file        the world's BPE, written by train_bpe (path ending in .tiktoken);
+      "gpt2"             tiktoken's GPT-2 encoding, the one GPT-2's weights read. tiktoken
+                         fetches it from the internet on first use and caches it.
+    Its .name identifies it exactly ("gpt2", or "world-bpe-..." with a hash of the ranks),
+    and checkpoints record that name. It also carries .chat_template, the data set's chat
+    format (the world's unless a dataset.json says otherwise): every text that template
+    makes is tokenized next, so the two travel together."""
+    template = WORLD["chat_template"]
+    if source != "gpt2" and not source.endswith(".tiktoken"):  # a data directory
+        desc = load_description(source)
+        template = desc["chat_template"]
+        source = "gpt2" if desc["tokenizer"] == "gpt2" else os.path.join(source, desc["tokenizer"])
+    if source == "gpt2":
+        # a new Encoding with GPT-2's ranks (tiktoken's own recipe for extending one), so the
+        # template set below is this data set's alone, not on tiktoken's shared object
+        gpt2 = tiktoken.get_encoding("gpt2")
+        enc = tiktoken.Encoding(name="gpt2", pat_str=gpt2._pat_str,
+                                mergeable_ranks=gpt2._mergeable_ranks,
+                                special_tokens=gpt2._special_tokens)
+    else:
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"tokenizer {source} not found; make it with: python -m data.generate")
+        ranks = load_ranks(source)
+        digest = hashlib.sha1(open(source, "rb").read()).hexdigest()[:10]
+        enc = tiktoken.Encoding(name=f"world-bpe-{len(ranks) + 1}-{digest}", pat_str=PAT,
+                                mergeable_ranks=ranks, special_tokens={EOS: len(ranks)})
+    enc.chat_template = template
+    return enc
 
 
 def encode(enc, text):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 import common  # noqa: E402
 import dpo  # noqa: E402
 import evaluate  # noqa: E402
@@ -24,7 +25,7 @@ from data.chat import row_check  # noqa: E402
 from data.corpus import load_corpus  # noqa: E402
 from data.loader import DataError, load_jsonl  # noqa: E402
 from data.tokenizer import EOS, get_tokenizer  # noqa: E402
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch.set_num_threads(1)

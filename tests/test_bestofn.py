@@ -8,10 +8,11 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from checkpoint import save_checkpoint  # noqa: E402
 import bestofn  # noqa: E402
 from data import generate  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
-from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 torch.set_num_threads(1)
 

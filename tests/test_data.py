@@ -121,6 +121,41 @@ def test_closedqa_hallucinated_place():
     assert score(prompt, "Tom lives in Oslo and has a bike." + EOS_TEXT) > c["score"]
 
 
+def test_closedqa_question_the_text_cannot_answer():
+    prompt = "Text: Tom lives in Oslo. Tom has a red cup.\nQuestion: What pet does Tom have?"
+    facts = world.passage_facts(world.parse(prompt)[2]["passage"])
+    assert world.asked_fact(facts, "What pet does Tom have?") is None
+    assert world.asked_fact(facts, "What color is Tom's hat?") is None  # no color of a hat
+    assert world.asked_fact(facts, "What color is Tom's cup?") == "color"
+    said = components(prompt, "The text does not say what pet Tom has." + EOS_TEXT)
+    assert said["correct"] and said["score"] == 1.0 and said["hallucinated"] is False
+    assert world.ideal_response(prompt) == "The text does not say what pet Tom has."
+    # saying so without naming whom it is about is the terse style
+    terse = components(prompt, "It doesn't say." + EOS_TEXT)
+    assert terse["helpful"] == 1.0 and terse["complete"] is False and terse["score"] == 0.75
+    # a pet the text never mentions is made up: worse than saying nothing useful
+    made_up = components(prompt, "Tom has a pet cat." + EOS_TEXT)
+    assert made_up["hallucinated"] is True and made_up["helpful"] == 0.0
+    assert made_up["score"] < score(prompt, "I don't know." + EOS_TEXT) <= 0.0
+    # and declining where the text does say is no answer at all
+    answerable = "Text: Tom lives in Oslo. Tom has a red cup.\nQuestion: Where does Tom live?"
+    assert score(answerable, "The text does not say where Tom lives." + EOS_TEXT) <= 0.0
+
+
+def test_unanswerable_questions_are_drawn_and_rarely_demonstrated():
+    rng = random.Random(0)
+    prompts = [world.make_prompt(rng, "closedqa", 0) for _ in range(2000)]
+    unanswerable = [p for p in prompts if world.asked_fact(
+        world.passage_facts(world.parse(p)[2]["passage"]), world.parse(p)[2]["question"]) is None]
+    assert abs(len(unanswerable) / len(prompts) - world.UNANSWERABLE_SHARE) < 0.04
+    for p in unanswerable[:50]:  # the internet's wrong answer to one is made up
+        assert components(p, world.bad_response(p, "wrong", rng) + EOS_TEXT)["hallucinated"]
+    written = sum(generate.labelers_would_write(rng, "closedqa", p) for p in unanswerable)
+    assert written < 0.3 * len(unanswerable)
+    assert all(generate.labelers_would_write(rng, "closedqa", p)
+               for p in prompts if p not in unanswerable)
+
+
 def test_closedqa_hallucinated_possessive_name():
     prompt = "Text: Tom lives in Oslo. Tom has a red cup.\nQuestion: What color is Tom's cup?"
     c = components(prompt, "Anna's cup is red." + EOS_TEXT)  # Anna is not in the text

@@ -10,11 +10,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 import dpo  # noqa: E402
 from data import generate, world  # noqa: E402
 from data.loader import load_comparisons, load_jsonl  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from checkpoint import save_checkpoint  # noqa: E402
 import common  # noqa: E402
 import evaluate  # noqa: E402
 from data import generate, world  # noqa: E402
 from data.loader import load_jsonl  # noqa: E402
 from data.tokenizer import EOS, encode, get_tokenizer  # noqa: E402
-from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from model import (GPT, GPTConfig, KVCache, apply_rotary, entropy_from_logits,  # noqa: E402
-                   load_checkpoint, response_mask, rotary, save_checkpoint, token_logprobs)
+                   response_mask, rotary, token_logprobs)
 
 # tensors this small run faster on one thread; several threads mostly spin-wait,
 # and slow down badly when anything else is using the CPU

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from model import GPT, GPTConfig, response_mask, save_checkpoint, token_logprobs  # noqa: E402
+from checkpoint import save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig, response_mask, token_logprobs  # noqa: E402
 from ppo import (AdaptiveKLController, Config, compute_gae, kl_penalty_rewards, main,  # noqa: E402
                  masked_mean, masked_whiten, policy_loss, ptx_loss, response_logits, value_loss)
 from model import lm_loss  # noqa: E402

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from checkpoint import load_checkpoint, save_checkpoint
 from data.chat import encode_pairs, score_responses
 from data import generate
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig
 from reward import pairwise_loss, ranking_batch
 from sft import sft_loss
 
