@@ -48,7 +48,7 @@ from common import Logger, above, check_finite, log_path, parse_config, peak_mem
 from data import world
 from data.chat import encode_pairs, gold_check, load_eval_prompts, row_check
 from data.labelers import ranked_pairs
-from data.loader import DataError, load_comparisons, ranks_of
+from data.loader import DataError, ranks_of, split_comparisons
 from data.tokenizer import get_tokenizer
 from model import token_logprobs
 
@@ -56,7 +56,7 @@ from model import token_logprobs
 @dataclasses.dataclass
 class Config:
     data_dir: str = "out/data"
-    comparisons: str = "out/comparisons.jsonl"  # made by: python -m data.collect
+    comparisons: str = "out/comparisons.jsonl"  # made by: python -m data.collect; several: a,b
     init: str = "out/sft.pt"         # policy and reference start here (python sft.py)
     out: str = "out/dpo.pt"
     device: str = "auto"
@@ -168,24 +168,21 @@ def main(cfg):
     # no dropout: the policy must equal the reference exactly at step 0 (loss = log 2)
     model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
                                dropout=0.0, kind="language model")
-    rows = load_comparisons(cfg.comparisons, check=row_check(enc, model.config.block_size))
+    train_rows, val_rows = split_comparisons(cfg.comparisons, cfg.val_frac,  # by prompt, not pair
+                                             check=row_check(enc, model.config.block_size))
     eval_prompts = load_eval_prompts(cfg.data_dir, enc, model.config.block_size,
                                      cfg.max_new_tokens, cfg.n_eval_prompts)
-    n_val = max(1, int(cfg.val_frac * len(rows)))  # held out by prompt, not by pair
-    if n_val == len(rows):
-        raise DataError(f"{cfg.comparisons}: --val_frac={cfg.val_frac} holds out all {len(rows)} "
-                        "of its rankings, leaving none to train on")
     rng = random.Random(cfg.seed)
-    train_pairs = make_pairs(rows[:-n_val], cfg.pairs_per_prompt, rng)
-    val_pairs = make_pairs(rows[-n_val:], cfg.pairs_per_prompt, rng)
-    for pairs, n, name in ((train_pairs, len(rows) - n_val, "to train on"),
-                           (val_pairs, n_val, "held out")):
+    train_pairs = make_pairs(train_rows, cfg.pairs_per_prompt, rng)
+    val_pairs = make_pairs(val_rows, cfg.pairs_per_prompt, rng)
+    for pairs, n, name in ((train_pairs, len(train_rows), "to train on"),
+                           (val_pairs, len(val_rows), "held out")):
         if not pairs:  # every pair a tie, or of identical responses
             raise DataError(f"{cfg.comparisons}: the {n} rankings {name} hold no ranked pair "
                             "of distinct responses, only ties; it needs more comparisons, or "
                             "another --val_frac")
-    print(f"DPO on {len(train_pairs)} pairs from {len(rows) - n_val} prompts, {len(val_pairs)} "
-          f"pairs from {n_val} held-out prompts; beta {cfg.beta}; {model.num_params() / 1e6:.2f}M "
+    print(f"DPO on {len(train_pairs)} pairs from {len(train_rows)} prompts, {len(val_pairs)} "
+          f"pairs from {len(val_rows)} held-out prompts; beta {cfg.beta}; {model.num_params() / 1e6:.2f}M "
           f"parameters from {cfg.init}")
 
     # 1. The reference log-probs, once: the policy's own before any update (= the SFT model).

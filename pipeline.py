@@ -5,12 +5,20 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   2. pretrain    python pretrain.py         the base model ("GPT-3")
   3. sft         python sft.py              supervised fine-tuning on demonstrations
   4. compare     python -m data.collect     SFT samples ranked by the simulated labelers
-  5. reward      python reward.py           the reward model
-  6. bestofn     python bestofn.py          best-of-N: the room in SFT's samples, and the RM's view of it
-  7. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
-  8. ppo         python ppo.py --ptx_coef=0 plain PPO
-  9. dpo         python dpo.py              DPO on the same comparisons
- 10. evaluate    python evaluate.py         the paper's table in miniature
+  5. reward_r1   python reward.py           a first reward model, from those comparisons
+  6. ppo_r1      python ppo.py              a first, short PPO run against it
+  7. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
+  8. reward      python reward.py           the reward model, from both rounds of comparisons
+  9. bestofn     python bestofn.py          best-of-N: the room in SFT's samples, and the RM's view of it
+ 10. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
+ 11. ppo         python ppo.py --ptx_coef=0 plain PPO
+ 12. dpo         python dpo.py              DPO on the same comparisons
+ 13. evaluate    python evaluate.py         the paper's table in miniature
+
+Two rounds of comparisons, as in the paper, whose labelers ranked samples of SFT models and
+of earlier PPO policies. A reward model trained on SFT samples alone has never seen what a
+PPO policy finds to please it (an answer to another question, or "The text does not say" to
+a question the text answers); ranking a first PPO policy's samples shows it those too.
 
 Each stage is a script that also runs alone. A stage whose output already exists is
 skipped; --redo=sft,reward (or --redo=all) runs those stages again, and every stage after
@@ -26,16 +34,26 @@ import subprocess
 import sys
 import time
 
+# the second round: the first PPO policy's samples on this many reward-model prompts (it
+# needs only as long as PPO takes to find what the first reward model overrates)
+ROUND1_ITERS, ROUND2_PROMPTS = 40, 2000
+COMPARISONS = "out/comparisons.jsonl,out/comparisons_r2.jsonl"
+
 STAGES = [  # name, command, the file it makes
     ("data", ["-m", "data.generate"], "out/data/tokenizer.tiktoken"),
     ("pretrain", ["pretrain.py"], "out/pretrain.pt"),
     ("sft", ["sft.py"], "out/sft.pt"),
     ("compare", ["-m", "data.collect"], "out/comparisons.jsonl"),
-    ("reward", ["reward.py"], "out/reward.pt"),
+    ("reward_r1", ["reward.py", "--out=out/reward_r1.pt"], "out/reward_r1.pt"),
+    ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND1_ITERS}",
+                "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
+    ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",
+                    "--out=out/comparisons_r2.jsonl"], "out/comparisons_r2.jsonl"),
+    ("reward", ["reward.py", f"--comparisons={COMPARISONS}"], "out/reward.pt"),
     ("bestofn", ["bestofn.py"], "out/eval/bestofn_eval.json"),
     ("ppo_ptx", ["ppo.py"], "out/ppo_ptx.pt"),
     ("ppo", ["ppo.py", "--ptx_coef=0"], "out/ppo.pt"),
-    ("dpo", ["dpo.py"], "out/dpo.pt"),
+    ("dpo", ["dpo.py", f"--comparisons={COMPARISONS}"], "out/dpo.pt"),
     ("evaluate", ["evaluate.py"], "out/eval/table.md"),
 ]
 # the stage that has started and not yet finished: written before each stage, removed after

@@ -13,7 +13,8 @@ After training a bias is added so the SFT demonstrations score 0 on average; the
 is saved as `score_std`, which PPO divides by.
 
 Reads out/comparisons.jsonl (rankings, best first, from: python -m data.collect) or any
-{"prompt", "chosen", "rejected"} pairs file (--comparisons=path).
+{"prompt", "chosen", "rejected"} pairs file (--comparisons=path), or several such files
+(--comparisons=a.jsonl,b.jsonl): the paper's comparisons came from more than one policy.
 
 Run:
   python reward.py                   # CPU preset, under a minute
@@ -37,14 +38,14 @@ from common import Logger, check_finite, log_path, parse_config, peak_memory, se
 from data import world
 from data.chat import row_check, score_responses
 from data.labelers import ranked_pairs
-from data.loader import DataError, load_comparisons, load_jsonl, ranks_of
+from data.loader import DataError, load_jsonl, ranks_of, split_comparisons
 from data.tokenizer import get_tokenizer
 
 
 @dataclasses.dataclass
 class Config:
     data_dir: str = "out/data"
-    comparisons: str = "out/comparisons.jsonl"  # made by: python -m data.collect
+    comparisons: str = "out/comparisons.jsonl"  # made by: python -m data.collect; several: a,b
     init: str = "out/sft.pt"          # the reward model starts from the SFT model
     out: str = "out/reward.pt"
     device: str = "auto"
@@ -136,12 +137,8 @@ if __name__ == "__main__":
     # SFT body, scalar head starting at zero: every response scores 0 at step 0
     model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
                                scalar_head=True, dropout=0.0, kind="language model")
-    rows = load_comparisons(cfg.comparisons, check=row_check(enc, model.config.block_size))
-    n_val = max(1, int(cfg.val_frac * len(rows)))
-    train_rows, val_rows = rows[:-n_val], rows[-n_val:]
-    if not train_rows:
-        raise DataError(f"{cfg.comparisons}: --val_frac={cfg.val_frac} holds out all {len(rows)} "
-                        "of its rankings, leaving none to train on")
+    train_rows, val_rows = split_comparisons(cfg.comparisons, cfg.val_frac,
+                                             check=row_check(enc, model.config.block_size))
     for part, name in ((train_rows, "to train on"), (val_rows, "held out")):
         _, _, _, pair_mask = ranking_batch(part)
         if not pair_mask.any():  # every pair a tie, or of identical responses

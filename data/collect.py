@@ -32,6 +32,7 @@ class Config:
     data_dir: str = "out/data"
     policy: str = "out/sft.pt"       # made by: python sft.py
     out: str = "out/comparisons.jsonl"
+    n_prompts: int = 0               # 0: every prompt of rm_prompts.jsonl; else its first n
     k: int = 6                       # responses per prompt, 4 to 9 as in the paper
     temperature: float = 1.0
     max_new_tokens: int = 48
@@ -50,6 +51,7 @@ if __name__ == "__main__":
     fits = row_check(enc, model.config.block_size, cfg.max_new_tokens, gold=True)
     prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "rm_prompts.jsonl"), "prompts",
                                                check=fits)]
+    prompts = prompts[:cfg.n_prompts or len(prompts)]
     t0 = time.time()
     # every prompt K times in a row, so one batched pass samples all of them
     flat = [p for p in prompts for _ in range(cfg.k)]

@@ -109,6 +109,21 @@ def load_comparisons(path, check=None):
     return load_jsonl(path, "rankings", make_cmd="python -m data.collect", check=check)
 
 
+def split_comparisons(paths, val_frac, check=None):
+    """Rankings to train on and to hold out, from one comparisons file or several separated
+    by commas (the rounds of comparisons, each from another policy's samples). The last
+    val_frac of each file's prompts are held out, so every round is measured."""
+    train, val = [], []
+    for path in paths.split(","):
+        rows = load_comparisons(path, check=check)
+        n_val = max(1, int(val_frac * len(rows)))
+        if n_val >= len(rows):
+            raise DataError(f"{path}: --val_frac={val_frac} holds out all {len(rows)} of its "
+                            "rankings, leaving none to train on")
+        train, val = train + rows[:-n_val], val + rows[-n_val:]
+    return train, val
+
+
 DESCRIPTION = "dataset.json"
 # the world's description, and the default of every field
 WORLD = {"name": "world", "chat_template": world.chat("{prompt}"),

@@ -285,3 +285,20 @@ def test_copy_probe_tells_copying_from_guessing(enc):
     from pretrain import copy_probe
     assert copy_probe(Induction(enc.n_vocab), enc, "cpu", n=20) == 1.0
     assert copy_probe(Induction(enc.n_vocab, copy=False), enc, "cpu", n=20) == 0.0
+
+
+def test_pipeline_stages_pass_options_their_scripts_accept():
+    import importlib
+    import pipeline
+    for name, cmd, output in pipeline.STAGES:
+        module = cmd[1] if cmd[0] == "-m" else cmd[0].removesuffix(".py")
+        args = cmd[2:] if cmd[0] == "-m" else cmd[1:]
+        config = importlib.import_module(module).Config
+        cfg = parse_config(config, args)  # an unknown option or a bad value raises here
+        if "--out" in {a.split("=")[0] for a in args}:
+            assert output.endswith(cfg.out), name  # the stage makes the file the pipeline checks
+    # the second round reads the first PPO policy, and the last reward model both rounds
+    made = [output for _, _, output in pipeline.STAGES]
+    for path in pipeline.COMPARISONS.split(","):
+        assert path in made
+    assert made.index("out/ppo_r1.pt") < made.index("out/comparisons_r2.jsonl") < made.index("out/reward.pt")

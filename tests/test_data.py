@@ -15,7 +15,8 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from data import generate, labelers, world  # noqa: E402
-from data.loader import DataError, load_comparisons, load_jsonl, ranks_of  # noqa: E402
+from data.loader import (DataError, load_comparisons, load_jsonl, ranks_of,  # noqa: E402
+                         split_comparisons)
 from data.tokenizer import (EOS, encode, get_tokenizer, load_ranks, save_ranks,  # noqa: E402
                             train_bpe)
 from data.world import EOS_TEXT, components, score  # noqa: E402
@@ -655,6 +656,19 @@ def test_loader_reads_good_rows(tmp_path):
     path = write_lines(tmp_path / "sft.jsonl", [SFT_ROW, "", SFT_ROW])
     rows = load_jsonl(path, "sft")
     assert rows == [json.loads(SFT_ROW)] * 2
+
+
+def test_split_comparisons_holds_out_every_round(tmp_path):
+    def rounds(name, n):
+        rows = [{"prompt": f"{name}{i}", "responses": ["a", "b"]} for i in range(n)]
+        return write_lines(tmp_path / f"{name}.jsonl", [json.dumps(r) for r in rows])
+    first, second = rounds("sft", 20), rounds("ppo", 10)
+    train, val = split_comparisons(f"{first},{second}", 0.1)
+    assert [r["prompt"] for r in val] == ["sft18", "sft19", "ppo9"]  # the last of each file
+    assert len(train) == 27 and not {r["prompt"] for r in train} & {r["prompt"] for r in val}
+    assert split_comparisons(first, 0.1) == (load_comparisons(first)[:18], load_comparisons(first)[18:])
+    with pytest.raises(DataError, match=re.escape(f"{rounds('one', 1)}: --val_frac")):
+        split_comparisons(f"{first},{tmp_path / 'one.jsonl'}", 0.1)
 
 
 def test_loader_empty_and_missing(tmp_path):
