@@ -15,7 +15,7 @@ samples 1..N are the candidates, so the baseline never competes against itself.
 Run:
   python bestofn.py                   # the evaluation prompts, N = 1, 4, 16; ~1 min on a CPU
   python bestofn.py --split=val       # a validation split of training prompts: tune here
-Writes out/eval/bestofn_<split>.json.
+Writes out/eval/bestofn_eval.json (out/eval_val/bestofn_val.json with --split=val).
 
 Simplified (exercises): one baseline sample per prompt; no curve of gold against KL for
 PPO's checkpoints beside it (compare with out/ppo_ptx_log.jsonl by hand).
@@ -43,7 +43,7 @@ class Config:
     sft: str = "out/sft.pt"          # the policy sampled (python sft.py)
     reward: str = "out/reward.pt"    # the judge beside the gold labeler (python reward.py)
     split: str = "eval"              # eval: eval_prompts.jsonl; val: val_prompts.jsonl (for tuning)
-    out_dir: str = "out/eval"
+    out_dir: str = ""                # "": out/eval, or out/eval_val for --split=val
     ns: str = "1,4,16"               # the N of best-of-N
     temperature: float = 1.0
     max_new_tokens: int = 48
@@ -78,6 +78,8 @@ def gold_order_accuracy(rm_scores, gold_scores):
 
 def main(cfg):
     device, autocast = setup(cfg)
+    cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir or ("out/eval" if cfg.split == "eval" else
+                                                           f"out/eval_{cfg.split}"))
     if not all(x.strip().isdigit() and int(x) >= 1 for x in cfg.ns.split(",")):
         raise ConfigError(f"--ns must be whole numbers, each at least 1, separated by commas; "
                           f"got {cfg.ns!r}")

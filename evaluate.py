@@ -62,11 +62,17 @@ STAGES = {  # name: (checkpoint file in ckpt_dir, the command that makes it)
 SHOT_FAMILIES = ["list", "arith", "truth", "rude", "closedqa", "summary"]  # short ones first
 
 
+def default_out_dir(split):
+    """out/eval for the evaluation prompts, out/eval_val for the validation prompts."""
+    return "out/eval" if split == "eval" else f"out/eval_{split}"
+
+
 @dataclasses.dataclass
 class Config:
     data_dir: str = "out/data"       # tokenizer, eval_prompts.jsonl, pretrain.txt (python -m data.generate)
     ckpt_dir: str = "out"            # where the stages saved pretrain.pt, sft.pt, ppo.pt, ...
-    out_dir: str = "out/eval"        # table.md, results.json, samples.jsonl
+    out_dir: str = ""                # table.md, results.json, samples.jsonl; "": out/eval, or
+                                     # out/eval_val for --split=val (the evaluation stays apart)
     split: str = "eval"              # eval: eval_prompts.jsonl; val: val_prompts.jsonl, to tune on
     models: str = "base,sft,ppo,ppo_ptx,dpo"  # stages to evaluate; sft is always loaded
     device: str = "auto"             # auto: cuda, then mps, then cpu
@@ -279,6 +285,7 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
 
 def main(cfg):
     device, autocast = setup(cfg)
+    cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir or default_out_dir(cfg.split))
     asked = {n.strip() for n in cfg.models.split(",") if n.strip()}
     if asked - set(STAGES):
         raise ConfigError(f"--models: unknown {', '.join(sorted(asked - set(STAGES)))}; "
