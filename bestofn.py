@@ -30,7 +30,7 @@ import time
 import torch
 
 from checkpoint import load_checkpoint
-from common import ConfigError, parse_config, setup, win_rate
+from common import ConfigError, eval_dir, parse_config, setup, win_rate
 from data import world
 from data.chat import row_check, sample_responses, score_responses
 from data.loader import load_jsonl
@@ -78,8 +78,7 @@ def gold_order_accuracy(rm_scores, gold_scores):
 
 def main(cfg):
     device, autocast = setup(cfg)
-    cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir or ("out/eval" if cfg.split == "eval" else
-                                                           f"out/eval_{cfg.split}"))
+    cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir or eval_dir(cfg.split))
     if not all(x.strip().isdigit() and int(x) >= 1 for x in cfg.ns.split(",")):
         raise ConfigError(f"--ns must be whole numbers, each at least 1, separated by commas; "
                           f"got {cfg.ns!r}")

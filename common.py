@@ -258,6 +258,12 @@ def write_jsonl(path, rows):
             os.remove(tmp)
 
 
+def eval_dir(split):
+    """Where evaluate.py and bestofn.py write: out/eval for the evaluation prompts,
+    out/eval_val for the validation prompts, so tuning never overwrites the evaluation."""
+    return "out/eval" if split == "eval" else f"out/eval_{split}"
+
+
 def log_path(checkpoint):
     """Where a stage logs its metrics: beside its checkpoint, out/sft.pt -> out/sft_log.jsonl."""
     return os.path.splitext(checkpoint)[0] + "_log.jsonl"

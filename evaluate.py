@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint
-from common import ConfigError, parse_config, peak_memory, setup, win_rate, write_jsonl
+from common import ConfigError, eval_dir, parse_config, peak_memory, setup, win_rate, write_jsonl
 from data import world
 from data.chat import decode_responses, encode_pairs, row_check
 from data.corpus import get_batch, load_corpus
@@ -60,11 +60,6 @@ STAGES = {  # name: (checkpoint file in ckpt_dir, the command that makes it)
     "ppo_gold": ("ppo_gold.pt", "python ppo.py --ptx_coef=0 --gold_reward=true"),
 }
 SHOT_FAMILIES = ["list", "arith", "truth", "rude", "closedqa", "summary"]  # short ones first
-
-
-def default_out_dir(split):
-    """out/eval for the evaluation prompts, out/eval_val for the validation prompts."""
-    return "out/eval" if split == "eval" else f"out/eval_{split}"
 
 
 @dataclasses.dataclass
@@ -285,7 +280,7 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
 
 def main(cfg):
     device, autocast = setup(cfg)
-    cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir or default_out_dir(cfg.split))
+    cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir or eval_dir(cfg.split))
     asked = {n.strip() for n in cfg.models.split(",") if n.strip()}
     if asked - set(STAGES):
         raise ConfigError(f"--models: unknown {', '.join(sorted(asked - set(STAGES)))}; "

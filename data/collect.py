@@ -11,7 +11,7 @@ same format (or a {"prompt", "chosen", "rejected"} pairs file) can take its plac
 It also has a second, independent labeler rank the same samples and prints how often the
 two agree: the paper's inter-labeler agreement (72.6%), measured on real SFT samples.
 
-Run: python -m data.collect            (K = 4; --k=9 for the paper's largest)
+Run: python -m data.collect            (K = 6; --k=9 for the paper's largest)
 """
 import dataclasses
 import os

@@ -233,26 +233,28 @@ def parse(prompt):
 QUESTION_RE = {key: _to_regex(q) for key, q in QUESTIONS.items()}
 
 
+def parse_question(question):
+    """'What color is Tom's cup?' -> ('color', {'name': 'Tom', 'object': 'cup'})"""
+    for key, rx in QUESTION_RE.items():
+        m = rx.match(question)
+        if m:
+            return key, m.groupdict()
+    raise ValueError(f"not a question of this world: {question!r}")
+
+
 def asked_fact(facts, question):
     """Which of the passage's facts ('place', 'color' or 'pet') the question asks about, or
     None where the passage does not state it (the question is about its person, and for a
     color about an object the passage names no color of)."""
-    for key, rx in QUESTION_RE.items():
-        m = rx.match(question)
-        if m:
-            fields = m.groupdict()
-            known = key in facts and facts[key][0] == fields["name"]
-            return key if known and (key != "color" or facts[key][2] == fields["object"]) else None
-    raise ValueError(f"not a question of this world: {question!r}")
+    key, fields = parse_question(question)
+    known = key in facts and facts[key][0] == fields["name"]
+    return key if known and (key != "color" or facts[key][2] == fields["object"]) else None
 
 
 def not_said(question):
     """'The text does not say where Tom lives.': the answer to a question the text leaves open."""
-    for key, rx in QUESTION_RE.items():
-        m = rx.match(question)
-        if m:
-            return "The text does not say " + NOT_SAID[key].format(**m.groupdict()) + "."
-    raise ValueError(f"not a question of this world: {question!r}")
+    key, fields = parse_question(question)
+    return "The text does not say " + NOT_SAID[key].format(**fields) + "."
 
 
 def passage_facts(passage):
@@ -362,9 +364,8 @@ def bad_response(prompt, kind, rng):
         return f"{a} {f['op']} {b} is {c}."
     if family == "closedqa" and asked_fact(passage_facts(f["passage"]), f["question"]) is None:
         # an answer the text cannot support, made up from the question
-        key = next(k for k, rx in QUESTION_RE.items() if rx.match(f["question"]))
-        p = make_person(rng) | QUESTION_RE[key].match(f["question"]).groupdict()
-        return fact_sentence(key, person_facts(p)[key])
+        key, fields = parse_question(f["question"])
+        return fact_sentence(key, person_facts(make_person(rng) | fields)[key])
     if family in ("closedqa", "summary"):  # one entity swapped for one not in the passage
         facts = passage_facts(f["passage"])
         key = asked_fact(facts, f["question"]) if family == "closedqa" else rng.choice(list(facts))
@@ -440,20 +441,20 @@ def components(prompt, response):
         n_invented = len((wordset & ENTITIES) - set(_words(prompt)))
         hallucinated = n_invented > 0
         needed = {k: {w.lower() for w in v[1:]} for k, v in facts.items()}
-        not_said = "say" in wordset and bool(wordset & {"not", "doesn't"})  # "It does not say."
-        if family == "closedqa" and asked_fact(facts, f["question"]) is None:
+        says_not_said = "say" in wordset and bool(wordset & {"not", "doesn't"})  # "It does not say."
+        key = asked_fact(facts, f["question"]) if family == "closedqa" else None
+        if family == "closedqa" and key is None:
             # the text does not say: the helpful answer says so (and names whom it is
             # about); an answer with anything in it is made up
             complete = next(iter(facts.values()))[0].lower() in wordset
-            helpful = float(not_said and not n_invented)
+            helpful = float(says_not_said and not n_invented)
         elif family == "closedqa":
-            key = asked_fact(facts, f["question"])
             # partial credit for the right person and the right kind of answer, none for
             # claiming that the text does not say what it does
             kind_word = {"place": "lives", "color": facts[key][-1], "pet": "pet"}[key]
             complete = facts[key][0].lower() in wordset
             # the place, the color or the pet asked about; "Pink." answers "What color is...?"
-            helpful = (1.0 if facts[key][1].lower() in wordset else 0.0 if not_said else
+            helpful = (1.0 if facts[key][1].lower() in wordset else 0.0 if says_not_said else
                        0.25 * (facts[key][0].lower() in wordset) + 0.25 * (kind_word in wordset))
         else:
             helpful = sum(needed[k] <= wordset for k in needed) / len(needed)
