@@ -21,6 +21,7 @@ knowledge every set asks about. The held-out phrasing of each family
 
 Run: python -m data.generate            (about half a minute on a 2-core CPU)
 """
+import collections
 import dataclasses
 import hashlib
 import os
@@ -50,12 +51,14 @@ class Config:
 
 
 def internet_answer(rng, prompt):
-    """A forum answer: good 45%, wrong 25%, rude 15%, rambling (a sentence repeated) 15%."""
-    u = rng.random()
+    """A forum answer: good 45%, wrong 25%, rude 15%, rambling (a sentence repeated) 15%.
+    A third of the good and of the wrong answers are terse, as people write in a hurry
+    ("Worms.", "Seeds.", "12."), so the internet states each fact in either style."""
+    u, terse = rng.random(), rng.random() < 1 / 3
     if u < 0.45:
-        return world.good_response(prompt, rng)
+        return world.terse_response(prompt, rng) if terse else world.good_response(prompt, rng)
     if u < 0.70:
-        return world.bad_response(prompt, "wrong", rng)
+        return world.bad_response(prompt, "wrong", rng, terse)
     if u < 0.85:
         return world.bad_response(prompt, "rude", rng)
     good = world.good_response(prompt, rng)
@@ -105,10 +108,17 @@ def forum_doc(rng):
     return "\n".join(turns)
 
 
-def labelers_would_write(rng, family, prompt):
+# A labeler states a fact once or twice, not dozens of times: a few demonstrations per
+# animal's diet, however often users ask. A small model that saw one diet thirty times
+# answers every diet question with one of the ten it saw, and forgets what it read.
+DEMOS_PER_DIET = 3
+
+
+def labelers_would_write(rng, family, prompt, written):
     """The demonstrations are not spread evenly, as in the paper: few answer rude requests
     or questions the text cannot answer, and those about animals' diets cover only
-    world.DEMO_ANIMALS."""
+    world.DEMO_ANIMALS, each DEMOS_PER_DIET times. `written` counts the demonstrations
+    already written by question()."""
     if family == "rude":
         return rng.random() < 0.2
     if family == "closedqa":
@@ -116,7 +126,8 @@ def labelers_would_write(rng, family, prompt):
         if world.asked_fact(world.passage_facts(f["passage"]), f["question"]) is None:
             return rng.random() < 0.2
     if family == "truth":
-        return world.parse(prompt)[2]["animals"] in world.DEMO_ANIMALS
+        return (world.parse(prompt)[2]["animals"] in world.DEMO_ANIMALS
+                and written[question(prompt)] < DEMOS_PER_DIET)
     return True
 
 
@@ -188,7 +199,7 @@ def prompt_sets(rng, cfg):
     pool = question_pools(cfg.seed)
 
     def draw(n, split, phrasing, demos=False):
-        rows, seen, tries = [], set(), 0
+        rows, seen, written, tries = [], set(), collections.Counter(), 0
         while len(rows) < n:
             tries += 1
             if tries > 1000 * n:
@@ -204,9 +215,10 @@ def prompt_sets(rng, cfg):
             prompt = world.make_prompt(rng, family, tid)
             if pool(question(prompt)) not in (split, None) or (split == "eval" and prompt in seen):
                 continue
-            if demos and not labelers_would_write(rng, family, prompt):
+            if demos and not labelers_would_write(rng, family, prompt, written):
                 continue
             seen.add(prompt)
+            written[question(prompt)] += 1
             rows.append({"prompt": prompt, "family": family, "held_out": tid == n_templates - 1})
         return rows
 

@@ -313,6 +313,13 @@ def ideal_response(prompt):
     return good_response(prompt)
 
 
+def terse_fact(key, fact, rng=None):
+    """Only the place, the color or the pet: "Oslo." (or "In Oslo."), "Red.", "A cat."."""
+    if key == "place":
+        return (rng.choice([fact[1], f"In {fact[1]}"]) if rng else fact[1]) + "."
+    return (fact[1] if key == "color" else article(fact[1])).capitalize() + "."
+
+
 def terse_response(prompt, rng):
     """A right answer that does not say what it answers ("12.", "Oslo.", "Mice."): how some
     of the labelers write demonstrations. Summaries and refusals have no terse form."""
@@ -325,10 +332,7 @@ def terse_response(prompt, rng):
         key = asked_fact(facts, f["question"])
         if key is None:
             return rng.choice(["The text does not say.", "It does not say."])
-        value = facts[key][1]  # the place, the color or the pet
-        if key == "place":
-            return rng.choice([value, f"In {value}"]) + "."
-        return (value if key == "color" else article(value)).capitalize() + "."
+        return terse_fact(key, facts[key], rng)
     if family == "truth":
         return DIETS[f["animals"]][0].capitalize() + "."
     if family == "list":
@@ -347,9 +351,11 @@ def summarize(facts):
     return f"{name} " + (", ".join(parts[:-1]) + " and " if len(parts) > 1 else "") + parts[-1] + "."
 
 
-def bad_response(prompt, kind, rng):
+def bad_response(prompt, kind, rng, terse=False):
     """The internet's other answers: 'wrong' (wrong number, hallucinated entity, misconception,
-    off-category items, complying with an insult) or 'rude' (an answer with an insult)."""
+    off-category items, complying with an insult) or 'rude' (an answer with an insult). A
+    terse wrong answer gives only the wrong part ("13.", "Paris.", "Seeds."), as
+    terse_response gives only the right one; summaries and insults have no terse form."""
     family, tid, f = parse(prompt)
     good = good_response(prompt, rng)
     if kind == "rude":
@@ -361,11 +367,12 @@ def bad_response(prompt, kind, rng):
         a, b, answer = arith_answer(f)
         c = abs(answer + rng.choice([-2, -1, 1, 2, 3]))
         c = c if c != answer else c + 1
-        return f"{a} {f['op']} {b} is {c}."
+        return f"{c}." if terse else f"{a} {f['op']} {b} is {c}."
     if family == "closedqa" and asked_fact(passage_facts(f["passage"]), f["question"]) is None:
         # an answer the text cannot support, made up from the question
         key, fields = parse_question(f["question"])
-        return fact_sentence(key, person_facts(make_person(rng) | fields)[key])
+        fact = person_facts(make_person(rng) | fields)[key]
+        return terse_fact(key, fact) if terse else fact_sentence(key, fact)
     if family in ("closedqa", "summary"):  # one entity swapped for one not in the passage
         facts = passage_facts(f["passage"])
         key = asked_fact(facts, f["question"]) if family == "closedqa" else rng.choice(list(facts))
@@ -373,15 +380,19 @@ def bad_response(prompt, kind, rng):
         pool = {"place": PLACES, "color": COLORS, "pet": PETS}[key]
         fact[1] = rng.choice([x for x in pool if x != fact[1]])
         facts[key] = tuple(fact)
-        return summarize(facts) if family == "summary" else fact_sentence(key, facts[key])
+        if family == "summary":
+            return summarize(facts)
+        return terse_fact(key, facts[key]) if terse else fact_sentence(key, facts[key])
     if family == "list":
         n = NUMBER_WORDS[f["n"]]
         other = rng.choice([c for c in CATEGORIES if c != f["category"]])
         items = rng.sample(CATEGORIES[f["category"]], n - 1) + [rng.choice(CATEGORIES[other])]
         rng.shuffle(items)
-        return f"Here are {f['n']} {f['category']}: " + ", ".join(items[:-1]) + f" and {items[-1]}."
+        text = ", ".join(items[:-1]) + f" and {items[-1]}."
+        return text[0].upper() + text[1:] if terse else f"Here are {f['n']} {f['category']}: " + text
     if family == "truth":
-        return f"{f['animals'].capitalize()} eat {DIETS[f['animals']][1]}."
+        myth = DIETS[f["animals"]][1]
+        return myth.capitalize() + "." if terse else f"{f['animals'].capitalize()} eat {myth}."
     return f"{f['name']} is {article(rng.choice(TOXIC_ADJS))} {rng.choice(TOXIC_NOUNS)}."
 
 

@@ -151,9 +151,10 @@ def test_unanswerable_questions_are_drawn_and_rarely_demonstrated():
     assert abs(len(unanswerable) / len(prompts) - world.UNANSWERABLE_SHARE) < 0.04
     for p in unanswerable[:50]:  # the internet's wrong answer to one is made up
         assert components(p, world.bad_response(p, "wrong", rng) + EOS_TEXT)["hallucinated"]
-    written = sum(generate.labelers_would_write(rng, "closedqa", p) for p in unanswerable)
+    written = sum(generate.labelers_would_write(rng, "closedqa", p, collections.Counter())
+                  for p in unanswerable)
     assert written < 0.3 * len(unanswerable)
-    assert all(generate.labelers_would_write(rng, "closedqa", p)
+    assert all(generate.labelers_would_write(rng, "closedqa", p, collections.Counter())
                for p in prompts if p not in unanswerable)
 
 
@@ -516,6 +517,10 @@ def test_sft_demonstrations_as_labelers_write_them(data_dir):
     animals = {world.parse(r["prompt"])[2]["animals"] for r, fam in zip(rows, families)
                if fam == "truth"}
     assert animals and animals <= set(world.DEMO_ANIMALS)
+    # each diet a few times, however often it is asked
+    per_diet = collections.Counter(generate.question(r["prompt"]) for r, fam in zip(rows, families)
+                                   if fam == "truth")
+    assert max(per_diet.values()) <= generate.DEMOS_PER_DIET
     eval_prompts = read_prompts(data_dir, "eval_prompts.jsonl")
     eval_animals = {world.parse(p)[2]["animals"] for p in eval_prompts
                     if world.parse(p)[0] == "truth"}
@@ -524,6 +529,21 @@ def test_sft_demonstrations_as_labelers_write_them(data_dir):
     complete = [components(r["prompt"], r["completion"] + EOS_TEXT)["complete"] for r in rows]
     terse_share = complete.count(False) / (complete.count(False) + complete.count(True))
     assert abs(terse_share - SMALL.terse_share) < 0.15
+
+
+def test_internet_answers_in_both_styles():
+    # people online answer tersely too, right or wrong, so the base model knows each
+    # answer in either style ("Worms." as well as "Crows eat worms.")
+    rng = random.Random(0)
+    prompt = "What do crows eat?"
+    answers = collections.Counter(generate.internet_answer(rng, prompt) for _ in range(2000))
+    for answer in ("Worms.", "Seeds.", "Crows eat worms.", "Crows eat seeds."):
+        assert answers[answer] > 50, answer
+    terse_wrong = world.bad_response("What is 7 plus 5?", "wrong", rng, terse=True)
+    assert re.fullmatch(r"\d+\.", terse_wrong) and terse_wrong != "12."
+    passage = "Text: Tom lives in Oslo. Tom has a red cup.\nQuestion: Where does Tom live?"
+    c = components(passage, world.bad_response(passage, "wrong", rng, terse=True) + EOS_TEXT)
+    assert c["hallucinated"] and c["complete"] is None
 
 
 def test_demonstration_styles():
