@@ -35,8 +35,9 @@ import sys
 import time
 
 # the second round: the first PPO policy's samples on this many reward-model prompts (it
-# needs only as long as PPO takes to find what the first reward model overrates)
-ROUND1_ITERS, ROUND2_PROMPTS = 40, 2000
+# needs only as long as PPO takes to find what the first reward model overrates, and a
+# looser KL penalty, so that it finds it)
+ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 40, 0.1, 2000
 COMPARISONS = "out/comparisons.jsonl,out/comparisons_r2.jsonl"
 
 STAGES = [  # name, command, the file it makes
@@ -46,7 +47,7 @@ STAGES = [  # name, command, the file it makes
     ("compare", ["-m", "data.collect"], "out/comparisons.jsonl"),
     ("reward_r1", ["reward.py", "--out=out/reward_r1.pt"], "out/reward_r1.pt"),
     ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND1_ITERS}",
-                "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
+                f"--beta={ROUND1_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
     ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",
                     "--out=out/comparisons_r2.jsonl"], "out/comparisons_r2.jsonl"),
     ("reward", ["reward.py", f"--comparisons={COMPARISONS}"], "out/reward.pt"),
