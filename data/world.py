@@ -276,6 +276,12 @@ def arith_answer(f):
     return a, b, a + b if f["op"] == "plus" else a - b
 
 
+def list_answer(f, items, terse=False):
+    """ "Here are three fruits: apple, pear and plum." or, tersely, "Apple, pear and plum." """
+    text = ", ".join(items[:-1]) + f" and {items[-1]}."
+    return text[0].upper() + text[1:] if terse else f"Here are {f['n']} {f['category']}: " + text
+
+
 def good_response(prompt, rng=None):
     """A right, polite, concise answer, in any of the styles people write it: the internet's
     good answers, and the complete-sentence half of the demonstrations (sums aside, whose
@@ -293,8 +299,7 @@ def good_response(prompt, rng=None):
         return summarize(passage_facts(f["passage"]))
     if family == "list":
         n = NUMBER_WORDS[f["n"]]
-        items = rng.sample(CATEGORIES[f["category"]], n)
-        return f"Here are {f['n']} {f['category']}: " + ", ".join(items[:-1]) + f" and {items[-1]}."
+        return list_answer(f, rng.sample(CATEGORIES[f["category"]], n))
     if family == "truth":
         return f"{f['animals'].capitalize()} eat {DIETS[f['animals']][0]}."
     return rng.choice(REFUSALS).format(name=f["name"])
@@ -336,9 +341,8 @@ def terse_response(prompt, rng):
     if family == "truth":
         return DIETS[f["animals"]][0].capitalize() + "."
     if family == "list":
-        items = rng.sample(CATEGORIES[f["category"]], NUMBER_WORDS[f["n"]])
-        text = ", ".join(items[:-1]) + f" and {items[-1]}."
-        return text[0].upper() + text[1:]
+        n = NUMBER_WORDS[f["n"]]
+        return list_answer(f, rng.sample(CATEGORIES[f["category"]], n), terse=True)
     return good_response(prompt, rng)
 
 
@@ -388,8 +392,7 @@ def bad_response(prompt, kind, rng, terse=False):
         other = rng.choice([c for c in CATEGORIES if c != f["category"]])
         items = rng.sample(CATEGORIES[f["category"]], n - 1) + [rng.choice(CATEGORIES[other])]
         rng.shuffle(items)
-        text = ", ".join(items[:-1]) + f" and {items[-1]}."
-        return text[0].upper() + text[1:] if terse else f"Here are {f['n']} {f['category']}: " + text
+        return list_answer(f, items, terse)
     if family == "truth":
         myth = DIETS[f["animals"]][1]
         return myth.capitalize() + "." if terse else f"{f['animals'].capitalize()} eat {myth}."
