@@ -17,18 +17,18 @@ import torch
 from model import GPT, GPTConfig
 
 
-
 def save_checkpoint(path, model, train_config, step, tokenizer, **extra):
     """Write atomically: a crash mid-save leaves the old checkpoint, never half of a new one,
     and non-finite weights are refused. Everything saved must be tensors or plain Python
     data, so loading can use weights_only."""
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile, keeping key names clean
-    for name, tensor in model.state_dict().items():  # a NaN never reaches the disk
+    state = model.state_dict()
+    for name, tensor in state.items():  # a NaN never reaches the disk
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise FloatingPointError(f"not saving {path}: weight {name} is not finite at step "
                                      f"{step} (a learning rate too large?); the file on disk, "
                                      "if any, is the last good one")
-    ckpt = {"model": model.state_dict(), "model_config": asdict(model.config),
+    ckpt = {"model": state, "model_config": asdict(model.config),
             "train_config": train_config, "step": step, "tokenizer": tokenizer, **extra}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"  # same directory, so os.replace is a rename on one filesystem

@@ -2,8 +2,8 @@
 Shared plumbing for the stage scripts: config parsing and the options' allowed ranges,
 device and dtype, seeding, peak memory and offloading a frozen model, JSONL logging and the
 one-line log, the check that stops a run before a NaN reaches its weights, and one-line
-error messages. Nothing here is part of the
-learning algorithms; each script keeps its own math and its own training loop.
+error messages. Nothing here is part of the learning algorithms; each script keeps its own
+math and its own training loop.
 """
 import contextlib
 import dataclasses

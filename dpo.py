@@ -47,8 +47,7 @@ from checkpoint import load_checkpoint, save_checkpoint
 from common import Logger, above, check_finite, log_path, parse_config, peak_memory, setup
 from data import world
 from data.chat import encode_pairs, gold_check, load_eval_prompts, row_check
-from data.labelers import ranked_pairs
-from data.loader import DataError, ranks_of, split_comparisons
+from data.loader import preferences, split_comparisons
 from data.tokenizer import get_tokenizer
 from model import token_logprobs
 
@@ -107,8 +106,7 @@ def make_pairs(rows, pairs_per_prompt=0, rng=None):
     pairs = []
     for row in rows:
         rs = row["responses"]
-        mine = [(row["prompt"], rs[i], rs[j]) for i, j in ranked_pairs(ranks_of(row))
-                if rs[i] != rs[j]]
+        mine = [(row["prompt"], rs[i], rs[j]) for i, j in preferences(row)]
         if pairs_per_prompt and len(mine) > pairs_per_prompt:
             mine = (rng or random.Random(0)).sample(mine, pairs_per_prompt)
         pairs += mine
@@ -175,12 +173,6 @@ def main(cfg):
     rng = random.Random(cfg.seed)
     train_pairs = make_pairs(train_rows, cfg.pairs_per_prompt, rng)
     val_pairs = make_pairs(val_rows, cfg.pairs_per_prompt, rng)
-    for pairs, n, name in ((train_pairs, len(train_rows), "to train on"),
-                           (val_pairs, len(val_rows), "held out")):
-        if not pairs:  # every pair a tie, or of identical responses
-            raise DataError(f"{cfg.comparisons}: the {n} rankings {name} hold no ranked pair "
-                            "of distinct responses, only ties; it needs more comparisons, or "
-                            "another --val_frac")
     print(f"DPO on {len(train_pairs)} pairs from {len(train_rows)} prompts, {len(val_pairs)} "
           f"pairs from {len(val_rows)} held-out prompts; beta {cfg.beta}; {model.num_params() / 1e6:.2f}M "
           f"parameters from {cfg.init}")

@@ -350,16 +350,16 @@ def main(cfg):
                         ptx = ptx_loss(policy(x), y, cfg.ptx_coef)
                     loss = loss + ptx
                     stats["ptx"].append(ptx.item() / cfg.ptx_coef)
-                check_finite(f"ppo iteration {it}", {"policy loss": loss, "value loss": vf_loss})
                 policy_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                check_finite(f"ppo iteration {it}", {"policy gradient norm": grad_norm})
-                policy_opt.step()
                 value_opt.zero_grad(set_to_none=True)  # the value model learns on its own
                 vf_loss.backward()
                 vf_grad_norm = torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.max_grad_norm)
-                check_finite(f"ppo iteration {it}", {"value gradient norm": vf_grad_norm})
+                check_finite(f"ppo iteration {it}", {"policy loss": loss, "value loss": vf_loss,
+                                                     "policy gradient norm": grad_norm,
+                                                     "value gradient norm": vf_grad_norm})
+                policy_opt.step()
                 value_opt.step()
                 for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("clipfrac", clipfrac),
                              ("approx_kl", approx_kl)):

@@ -37,8 +37,7 @@ from checkpoint import load_checkpoint, save_checkpoint
 from common import Logger, check_finite, log_path, parse_config, peak_memory, setup
 from data import world
 from data.chat import row_check, score_responses
-from data.labelers import ranked_pairs
-from data.loader import DataError, load_jsonl, ranks_of, split_comparisons
+from data.loader import load_jsonl, preferences, split_comparisons
 from data.tokenizer import get_tokenizer
 
 
@@ -88,8 +87,8 @@ def ranking_batch(rows):
     for b, row in enumerate(rows):
         rs = row["responses"]
         valid[b, :len(rs)] = True
-        for i, j in ranked_pairs(ranks_of(row)):  # a tie is no comparison
-            pair_mask[b, i, j] = rs[i] != rs[j]   # nor are identical responses
+        for i, j in preferences(row):  # a tie is no comparison, nor are identical responses
+            pair_mask[b, i, j] = True
         # short rankings are padded with copies of their last response, masked out above
         rs = rs + [rs[-1]] * (K - len(rs))
         prompts += [row["prompt"]] * K
@@ -139,12 +138,6 @@ if __name__ == "__main__":
                                scalar_head=True, dropout=0.0, kind="language model")
     train_rows, val_rows = split_comparisons(cfg.comparisons, cfg.val_frac,
                                              check=row_check(enc, model.config.block_size))
-    for part, name in ((train_rows, "to train on"), (val_rows, "held out")):
-        _, _, _, pair_mask = ranking_batch(part)
-        if not pair_mask.any():  # every pair a tie, or of identical responses
-            raise DataError(f"{cfg.comparisons}: the {len(part)} rankings {name} hold no "
-                            "ranked pair of distinct responses, only ties; it needs more "
-                            "comparisons, or another --val_frac")
     model.train()
     print(f"reward model: {len(train_rows)} rankings to train on, {len(val_rows)} held out")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

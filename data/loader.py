@@ -19,6 +19,7 @@ import json
 import os
 
 from data import world
+from data.labelers import ranked_pairs
 
 SCHEMAS = {
     "sft": {"prompt": str, "completion": str},
@@ -109,10 +110,18 @@ def load_comparisons(path, check=None):
     return load_jsonl(path, "rankings", make_cmd="python -m data.collect", check=check)
 
 
+def preferences(row):
+    """The comparisons a ranking holds: (i, j) for every response i ranked strictly above a
+    different response j. A tie, or two identical responses, carries no preference."""
+    rs = row["responses"]
+    return [(i, j) for i, j in ranked_pairs(ranks_of(row)) if rs[i] != rs[j]]
+
+
 def split_comparisons(paths, val_frac, check=None):
     """Rankings to train on and to hold out, from one comparisons file or several separated
     by commas (the rounds of comparisons, each from another policy's samples). The last
-    val_frac of each file's prompts are held out, so every round is measured."""
+    val_frac of each file's prompts are held out, so every round is measured. Each part
+    must hold at least one preference."""
     train, val = [], []
     for path in paths.split(","):
         rows = load_comparisons(path, check=check)
@@ -121,6 +130,11 @@ def split_comparisons(paths, val_frac, check=None):
             raise DataError(f"{path}: --val_frac={val_frac} holds out all {len(rows)} of its "
                             "rankings, leaving none to train on")
         train, val = train + rows[:-n_val], val + rows[-n_val:]
+    for part, name in ((train, "to train on"), (val, "held out")):
+        if not any(preferences(row) for row in part):
+            raise DataError(f"{paths}: the {len(part)} rankings {name} hold no ranked pair of "
+                            "distinct responses, only ties; it needs more comparisons, or "
+                            "another --val_frac")
     return train, val
 
 
