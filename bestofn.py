@@ -9,11 +9,20 @@ log N - (N - 1) / N nats (Stiennon et al. 2020, appendix), whatever the task.
 It also measures the reward model where PPO uses it: on fresh SFT samples, the share of
 pairs with different gold scores that it orders as the gold labeler does.
 
+And it shows the ceiling of PPO at each KL coefficient beta. The policy that maximises
+E[r] - beta * KL(pi || pi_SFT), the objective of InstructGPT eq. 2 without the ptx term,
+is pi*(y) = pi_SFT(y) exp(r(y) / beta) / Z (Ziegler et al. 2019; Rafailov et al. 2023,
+eq. 4). Weighting the N samples by softmax(r / beta) draws from it approximately, so the
+gold score and win rate of that weighted sample say how far PPO with this reward could
+get if it optimised perfectly, and with the gold labeler as r, how far a perfect reward
+model would take it.
+
 For every prompt, sample 0 is the SFT baseline (as in evaluate.py, ties count half) and
 samples 1..N are the candidates, so the baseline never competes against itself.
 
 Run:
-  python bestofn.py                   # the evaluation prompts, N = 1, 4, 16; ~1 min on a CPU
+  python bestofn.py                   # the evaluation prompts, N = 1, 4, 16, and the optimum
+                                      # at beta = 0.1, 0.3, 1; ~1 min on a CPU
   python bestofn.py --split=val       # a validation split of training prompts: tune here
 Writes out/eval/bestofn_eval.json (out/eval_val/bestofn_val.json with --split=val).
 
@@ -45,6 +54,7 @@ class Config:
     split: str = "eval"              # eval: eval_prompts.jsonl; val: val_prompts.jsonl (for tuning)
     out_dir: str = ""                # "": out/eval, or out/eval_val for --split=val
     ns: str = "1,4,16"               # the N of best-of-N
+    betas: str = "0.1,0.3,1"         # KL coefficients of the optimum pi_SFT exp(r / beta) to show
     temperature: float = 1.0
     max_new_tokens: int = 48
     batch_size: int = 128
@@ -76,6 +86,20 @@ def gold_order_accuracy(rm_scores, gold_scores):
     return hits / max(n, 1)
 
 
+def kl_regularised_optimum(judge_scores, cand_gold, baseline, beta):
+    """The best policy at KL coefficient beta, pi* proportional to pi_SFT exp(r / beta),
+    seen through N samples of pi_SFT per prompt: self-normalised importance weights
+    w = softmax(r / beta) over each prompt's N candidates. judge_scores (the r, in the
+    units PPO's reward has), cand_gold (P, N); baseline (P,) the SFT sample it plays against.
+    Returns (its expected gold score, its expected win rate against the baseline with ties
+    half, KL(w || uniform) in nats averaged over prompts: the KL to SFT, underestimated for
+    small N, since pi* can put weight where N samples never land)."""
+    w = torch.softmax(judge_scores / beta, dim=1)                  # (P, N)
+    wins = (cand_gold > baseline[:, None]).float() + 0.5 * (cand_gold == baseline[:, None]).float()
+    kl = (w * torch.log(w * w.size(1) + 1e-30)).sum(1)             # (P,)
+    return (w * cand_gold).sum(1).mean().item(), (w * wins).sum(1).mean().item(), kl.mean().item()
+
+
 def main(cfg):
     device, autocast = setup(cfg)
     cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir or eval_dir(cfg.split))
@@ -83,10 +107,16 @@ def main(cfg):
         raise ConfigError(f"--ns must be whole numbers, each at least 1, separated by commas; "
                           f"got {cfg.ns!r}")
     ns = [int(x) for x in cfg.ns.split(",")]
+    try:
+        betas = [float(x) for x in cfg.betas.split(",")]
+    except ValueError:
+        betas = []
+    if not betas or not all(0 < b < float("inf") for b in betas):
+        raise ConfigError(f"--betas must be numbers more than 0, separated by commas; got {cfg.betas!r}")
     enc = get_tokenizer(cfg.data_dir)
     policy, _ = load_checkpoint(cfg.sft, device, make_cmd="python sft.py", tokenizer=enc.name,
                                 kind="language model")
-    reward_model, _ = load_checkpoint(cfg.reward, device, make_cmd="python reward.py",
+    reward_model, rm_ckpt = load_checkpoint(cfg.reward, device, make_cmd="python reward.py",
                                       tokenizer=enc.name, scalar_head=True, kind="reward model")
     rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts",
                       check=row_check(enc, policy.config.block_size, cfg.max_new_tokens, gold=True))
@@ -128,6 +158,16 @@ def main(cfg):
                 n=n, judge=judge, kl=best_of_n_kl(n), gold=best.mean().item(), win=rate, lo=lo, hi=hi)
             print(f"| {n} | {best_of_n_kl(n):.2f} | {judge} | {best.mean().item():.3f} | "
                   f"{rate:.0%} [{lo:.0%}, {hi:.0%}] |")
+    # PPO's reward is the RM score in units of its std on the demonstrations, or the raw
+    # gold score with --gold_reward: the same units here, so one beta means the same in both
+    print("| beta | judge | KL (nats) | gold score | win vs SFT |\n|---|---|---|---|---|")
+    results["optimum"] = {}
+    for beta in betas:
+        for judge, scores in (("gold", cand_gold), ("reward model", cand_rm / rm_ckpt.get("score_std", 1.0))):
+            gold_mean, win, kl = kl_regularised_optimum(scores, cand_gold, baseline, beta)
+            results["optimum"][f"{beta:g}_{judge.replace(' ', '_')}"] = dict(
+                beta=beta, judge=judge, kl=kl, gold=gold_mean, win=win)
+            print(f"| {beta:g} | {judge} | {kl:.2f} | {gold_mean:.3f} | {win:.0%} |")
     os.makedirs(cfg.out_dir, exist_ok=True)
     path = os.path.join(cfg.out_dir, f"bestofn_{cfg.split}.json")
     with open(path, "w") as f:

@@ -42,6 +42,33 @@ def test_gold_order_accuracy_by_hand():
     assert bestofn.gold_order_accuracy(torch.tensor([[1.0, 1.0, 0.0]]), gold) == 0.75  # a tie: half
 
 
+def test_kl_regularised_optimum_by_hand():
+    cand_gold = torch.tensor([[1.0, 0.0]])
+    baseline = torch.tensor([0.0])  # candidate 0 wins, candidate 1 ties
+    judge = torch.tensor([[1.0, 0.0]])
+    # beta = 1: weights e / (e + 1) and 1 / (e + 1)
+    w = math.e / (math.e + 1)
+    gold, win, kl = bestofn.kl_regularised_optimum(judge, cand_gold, baseline, 1.0)
+    assert gold == pytest.approx(w)
+    assert win == pytest.approx(w + 0.5 * (1 - w))
+    assert kl == pytest.approx(w * math.log(2 * w) + (1 - w) * math.log(2 * (1 - w)))
+    # a huge beta is SFT itself (uniform weights, KL 0); a tiny one is best-of-N (KL log N)
+    gold, win, kl = bestofn.kl_regularised_optimum(judge, cand_gold, baseline, 1e6)
+    assert gold == pytest.approx(0.5) and kl == pytest.approx(0.0, abs=1e-6)
+    gold, win, kl = bestofn.kl_regularised_optimum(judge, cand_gold, baseline, 1e-3)
+    assert gold == pytest.approx(1.0) and win == pytest.approx(1.0) and kl == pytest.approx(math.log(2))
+
+
+def test_optimum_gold_falls_with_beta():
+    torch.manual_seed(0)
+    cand_gold = torch.randn(50, 8)
+    baseline = torch.randn(50)
+    rows = [bestofn.kl_regularised_optimum(cand_gold, cand_gold, baseline, b) for b in (0.1, 0.3, 1, 3)]
+    golds, kls = [r[0] for r in rows], [r[2] for r in rows]
+    assert golds == sorted(golds, reverse=True)  # a judge that is the gold: the less KL, the less gold
+    assert kls == sorted(kls, reverse=True) and all(0 <= k <= math.log(8) for k in kls)
+
+
 def test_end_to_end_tiny(tmp_path):
     data_dir = str(tmp_path / "data")
     generate.main(generate.Config(n_docs=200, n_sft=30, n_sft_val=6, n_rm=12, n_ppo=12, n_val=12,
@@ -63,5 +90,12 @@ def test_end_to_end_tiny(tmp_path):
     assert gold == sorted(gold)
     # best-of-1 is one plain sample: whichever judge, the same response
     assert results["best_of"]["1_gold"]["gold"] == results["best_of"]["1_reward_model"]["gold"]
+    assert set(results["optimum"]) == {f"{b}_{j}" for b in ("0.1", "0.3", "1")
+                                       for j in ("gold", "reward_model")}
+    # the gold labeler's own optimum: a stronger pull (smaller beta) never scores less gold
+    gold = [results["optimum"][f"{b}_gold"]["gold"] for b in ("1", "0.3", "0.1")]
+    assert gold == sorted(gold)
+    with pytest.raises(ValueError, match="--betas"):
+        bestofn.main(bestofn.Config(**{**cfg.__dict__, "betas": "0.3,0"}))
     with pytest.raises(ValueError, match="--ns"):
         bestofn.main(bestofn.Config(**{**cfg.__dict__, "ns": "0,4"}))
