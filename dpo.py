@@ -60,7 +60,8 @@ class Config:
     out: str = "out/dpo.pt"
     device: str = "auto"
     seed: int = 1337
-    beta: float = 0.1                # strength of the pull towards the reference (paper: 0.1)
+    beta: float = 0.3                # strength of the pull towards the reference (paper: 0.1);
+                                     # see the note below
     epochs: int = 1
     batch_size: int = 32             # pairs per step (each pair: two sequences)
     lr: float = 3e-4
@@ -76,6 +77,12 @@ class Config:
 
 
 GPU = dict(batch_size=64, lr=1e-4, min_lr=1e-5, pairs_per_prompt=0)
+
+# beta. DPO has no KL penalty on its own samples: beta alone holds it near SFT. At the
+# paper's 0.1, on labels calibrated to the paper's 73% agreement, DPO drifted 4.6 and 12.5
+# nats from SFT on two worlds, and on the second 7% of its answers never ended (validation
+# prompts: wins 62% and 58% against SFT). At 0.3 it stays within 1.4 to 2.2 nats and wins
+# 64% and 65%.
 
 
 def sequence_logprobs(model, ids, attention_mask, response_mask):
