@@ -118,6 +118,8 @@ def main(cfg):
                                 kind="language model")
     reward_model, rm_ckpt = load_checkpoint(cfg.reward, device, make_cmd="python reward.py",
                                       tokenizer=enc.name, scalar_head=True, kind="reward model")
+    if "score_std" not in rm_ckpt:  # the unit of PPO's reward, which the optimum needs
+        raise ValueError(f"{cfg.reward} is not a reward model with a score_std; make one with: python reward.py")
     rows = load_jsonl(os.path.join(cfg.data_dir, f"{cfg.split}_prompts.jsonl"), "prompts",
                       check=row_check(enc, policy.config.block_size, cfg.max_new_tokens, gold=True))
     prompts = [r["prompt"] for r in rows]
@@ -160,10 +162,11 @@ def main(cfg):
                   f"{rate:.0%} [{lo:.0%}, {hi:.0%}] |")
     # PPO's reward is the RM score in units of its std on the demonstrations, or the raw
     # gold score with --gold_reward: the same units here, so one beta means the same in both
+    rm_reward = cand_rm / rm_ckpt["score_std"]
     print("| beta | judge | KL (nats) | gold score | win vs SFT |\n|---|---|---|---|---|")
     results["optimum"] = {}
     for beta in betas:
-        for judge, scores in (("gold", cand_gold), ("reward model", cand_rm / rm_ckpt.get("score_std", 1.0))):
+        for judge, scores in (("gold", cand_gold), ("reward model", rm_reward)):
             gold_mean, win, kl = kl_regularised_optimum(scores, cand_gold, baseline, beta)
             results["optimum"][f"{beta:g}_{judge.replace(' ', '_')}"] = dict(
                 beta=beta, judge=judge, kl=kl, gold=gold_mean, win=win)
