@@ -94,10 +94,16 @@ def kl_regularised_optimum(judge_scores, cand_gold, baseline, beta):
     Returns (its expected gold score, its expected win rate against the baseline with ties
     half, KL(w || uniform) in nats averaged over prompts: the KL to SFT, underestimated for
     small N, since pi* can put weight where N samples never land)."""
+    gold, win, kl = optimum_per_prompt(judge_scores, cand_gold, baseline, beta)
+    return gold.mean().item(), win.mean().item(), kl.mean().item()
+
+
+def optimum_per_prompt(judge_scores, cand_gold, baseline, beta):
+    """kl_regularised_optimum's three measures for each prompt: (P,) each."""
     w = torch.softmax(judge_scores / beta, dim=1)                  # (P, N)
     wins = (cand_gold > baseline[:, None]).float() + 0.5 * (cand_gold == baseline[:, None]).float()
     kl = (w * torch.log(w * w.size(1) + 1e-30)).sum(1)             # (P,)
-    return (w * cand_gold).sum(1).mean().item(), (w * wins).sum(1).mean().item(), kl.mean().item()
+    return (w * cand_gold).sum(1), (w * wins).sum(1), kl
 
 
 def main(cfg):
@@ -163,14 +169,19 @@ def main(cfg):
     # PPO's reward is the RM score in units of its std on the demonstrations, or the raw
     # gold score with --gold_reward: the same units here, so one beta means the same in both
     rm_reward = cand_rm / rm_ckpt["score_std"]
-    print("| beta | judge | KL (nats) | gold score | win vs SFT |\n|---|---|---|---|---|")
+    print("| beta | judge | KL (nats) | gold score | win vs SFT | win by family |\n|---|---|---|---|---|---|")
     results["optimum"] = {}
     for beta in betas:
         for judge, scores in (("gold", cand_gold), ("reward model", rm_reward)):
-            gold_mean, win, kl = kl_regularised_optimum(scores, cand_gold, baseline, beta)
+            gold_p, win_p, kl_p = optimum_per_prompt(scores, cand_gold, baseline, beta)
+            gold_mean, win, kl = gold_p.mean().item(), win_p.mean().item(), kl_p.mean().item()
+            # where the win comes from: the same optimum, task family by family
+            win_by_family = {fam: win_p[[i for i, f in enumerate(families) if f == fam]].mean().item()
+                             for fam in by_family}
             results["optimum"][f"{beta:g}_{judge.replace(' ', '_')}"] = dict(
-                beta=beta, judge=judge, kl=kl, gold=gold_mean, win=win)
-            print(f"| {beta:g} | {judge} | {kl:.2f} | {gold_mean:.3f} | {win:.0%} |")
+                beta=beta, judge=judge, kl=kl, gold=gold_mean, win=win, win_by_family=win_by_family)
+            print(f"| {beta:g} | {judge} | {kl:.2f} | {gold_mean:.3f} | {win:.0%} | "
+                  + ", ".join(f"{fam} {w:.0%}" for fam, w in win_by_family.items()) + " |")
     os.makedirs(cfg.out_dir, exist_ok=True)
     path = os.path.join(cfg.out_dir, f"bestofn_{cfg.split}.json")
     with open(path, "w") as f:

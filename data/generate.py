@@ -45,7 +45,8 @@ class Config:
     n_ppo: int = 1500
     n_val: int = 240             # validation prompts of the training distribution, for tuning
     n_eval: int = 240            # 40 per family, a third in the held-out phrasing
-    terse_share: float = 0.5     # demonstrations written tersely ("12.", "Oslo."), see demonstration()
+    terse_share: float = 0.5     # demonstrations written tersely ("12.", "Oslo.") or summarising
+                                 # briefly (a fact left out), see demonstration()
     vocab_size: int = 2048
     myth_rate: float = 0.35      # how often the internet repeats a misconception
 
@@ -133,13 +134,17 @@ def labelers_would_write(rng, family, prompt, written):
 
 def demonstration(rng, prompt, terse_share):
     """What a labeler writes for `prompt`. Many labelers wrote demonstrations, each in their
-    own style: some answer tersely ("12.", "Oslo.", "Mice."), the others in the complete
-    sentence the guideline asks for ("7 plus 5 is 12."). Every demonstration is right, but
-    only the comparisons, where the labelers apply the guideline consistently, say which
-    style they prefer: a preference SFT cannot learn from the demonstrations alone."""
+    own style: some answer tersely ("12.", "Oslo.", "Mice.") and summarise briefly, leaving
+    out a fact they take for a detail; the others write the complete sentence the guideline
+    asks for ("7 plus 5 is 12.", every fact of the text). No demonstration says anything
+    false, but only the comparisons, where the labelers apply the guideline consistently,
+    say which style they prefer: a preference SFT cannot learn from the demonstrations alone."""
+    family, _, fields = world.parse(prompt)
     if rng.random() < terse_share:
+        if family == "summary":
+            return world.brief_summary(world.passage_facts(fields["passage"]), rng)
         return world.terse_response(prompt, rng)
-    return world.ideal_response(prompt) if world.parse(prompt)[0] == "arith" else world.good_response(prompt, rng)
+    return world.ideal_response(prompt) if family == "arith" else world.good_response(prompt, rng)
 
 
 def question(prompt):

@@ -355,6 +355,15 @@ def summarize(facts):
     return f"{name} " + (", ".join(parts[:-1]) + " and " if len(parts) > 1 else "") + parts[-1] + "."
 
 
+def brief_summary(facts, rng):
+    """A summary that leaves out one of the facts: "Tom lives in Oslo and has a pet cat." of a
+    text that also gives Tom's red cup. True, but the guideline asks for every fact, and the
+    gold labeler gives it the share of the facts it holds: how some labelers summarise,
+    keeping what they take to be the main facts."""
+    drop = rng.choice(list(facts))
+    return summarize({k: v for k, v in facts.items() if k != drop})
+
+
 def bad_response(prompt, kind, rng, terse=False):
     """The internet's other answers: 'wrong' (wrong number, hallucinated entity, misconception,
     off-category items, complying with an insult) or 'rude' (an answer with an insult). A

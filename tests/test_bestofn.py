@@ -1,5 +1,6 @@
 """best-of-N: its KL formula, its pick, the reward model's gold-order accuracy, and a tiny
 end-to-end run of bestofn.py."""
+import collections
 import math
 import os
 import sys
@@ -10,7 +11,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from checkpoint import save_checkpoint  # noqa: E402
 import bestofn  # noqa: E402
-from data import generate  # noqa: E402
+from data import generate, world  # noqa: E402
+from data.loader import load_jsonl  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -95,6 +97,14 @@ def test_end_to_end_tiny(tmp_path):
     # the gold labeler's own optimum: a stronger pull (smaller beta) never scores less gold
     gold = [results["optimum"][f"{b}_gold"]["gold"] for b in ("1", "0.3", "0.1")]
     assert gold == sorted(gold)
+    # the win by family averages back to the whole win, each family weighted by its prompts
+    counts = collections.Counter(world.parse(r["prompt"])[0]
+                                 for r in load_jsonl(os.path.join(data_dir, "val_prompts.jsonl"), "prompts"))
+    for row in results["optimum"].values():
+        by_family = row["win_by_family"]
+        assert set(by_family) == set(counts)
+        mean = sum(by_family[f] * counts[f] for f in counts) / sum(counts.values())
+        assert mean == pytest.approx(row["win"], abs=1e-5)
     with pytest.raises(ValueError, match="--betas"):
         bestofn.main(bestofn.Config(**{**cfg.__dict__, "betas": "0.3,0"}))
     with pytest.raises(ValueError, match="--ns"):

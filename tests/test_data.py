@@ -504,8 +504,14 @@ def test_sft_completions_correct(data_dir):
         for row in load_jsonl(str(data_dir / name), "sft"):
             assert EOS not in row["completion"]  # stored without EOS; SFT appends it
             c = components(row["prompt"], row["completion"] + EOS_TEXT)
-            # right, in either style: terse or the complete sentence the guideline asks for
-            assert c["helpful"] == 1.0 and c["score"] >= 0.75 and not c["hallucinated"], row
+            # nothing false, in either style: terse or the complete sentence the guideline
+            # asks for; a brief summary holds all of the text's facts but one
+            assert not c["hallucinated"] and not c["toxic"] and c["ended"], row
+            if c["family"] == "summary":
+                n_facts = len(world.passage_facts(world.parse(row["prompt"])[2]["passage"]))
+                assert c["helpful"] in (1.0, (n_facts - 1) / n_facts), row
+            else:
+                assert c["helpful"] == 1.0 and c["score"] >= 0.75, row
 
 
 def test_sft_demonstrations_as_labelers_write_them(data_dir):
@@ -529,6 +535,10 @@ def test_sft_demonstrations_as_labelers_write_them(data_dir):
     complete = [components(r["prompt"], r["completion"] + EOS_TEXT)["complete"] for r in rows]
     terse_share = complete.count(False) / (complete.count(False) + complete.count(True))
     assert abs(terse_share - SMALL.terse_share) < 0.15
+    # and the summaries: some hold every fact of the text, some leave one out
+    helpful = [components(r["prompt"], r["completion"] + EOS_TEXT)["helpful"]
+               for r, fam in zip(rows, families) if fam == "summary"]
+    assert 0 < sum(h < 1 for h in helpful) < len(helpful)
 
 
 def test_internet_answers_in_both_styles():
@@ -552,6 +562,17 @@ def test_demonstration_styles():
     assert generate.demonstration(rng, prompt, terse_share=0.0) == "7 plus 5 is 12."
     terse = {generate.demonstration(rng, prompt, terse_share=1.0) for _ in range(50)}
     assert terse == {"The answer is 12.", "12."}
+    # summaries: every fact, or briefly, any one of them left out
+    prompt = "Give a short summary: Ben has a pet dog. Ben lives in Lima. Ben has a red hat."
+    assert (generate.demonstration(rng, prompt, terse_share=0.0)
+            == "Ben lives in Lima, has a red hat and has a pet dog.")
+    brief = {generate.demonstration(rng, prompt, terse_share=1.0) for _ in range(50)}
+    assert brief == {"Ben has a red hat and has a pet dog.", "Ben lives in Lima and has a pet dog.",
+                     "Ben lives in Lima and has a red hat."}
+    assert all(score(prompt, b + EOS_TEXT) == pytest.approx(2 / 3) for b in brief)
+    two = "Summarize this text in one sentence.\nText: Ben lives in Lima. Ben has a red hat."
+    assert score(two, world.brief_summary(world.passage_facts(two.split("Text: ")[1]), rng)
+                 + EOS_TEXT) == 0.5
 
 
 def test_generate_deterministic(data_dir, tmp_path):
