@@ -144,11 +144,9 @@ def main(cfg):
                         for i in range(0, len(flat), cfg.batch_size)]).view(-1, M + 1)
     baseline, cand_gold, cand_rm = gold[:, 0], gold[:, 1:], rm[:, 1:]
     families = [world.parse(p)[0] for p in prompts]
-    by_family = {}
-    for fam in world.FAMILIES:
-        rows_of_fam = [i for i, f in enumerate(families) if f == fam]
-        if rows_of_fam:
-            by_family[fam] = gold_order_accuracy(cand_rm[rows_of_fam], cand_gold[rows_of_fam])
+    rows_of = {fam: [i for i, f in enumerate(families) if f == fam] for fam in world.FAMILIES}
+    rows_of = {fam: rows for fam, rows in rows_of.items() if rows}   # the families asked
+    by_family = {fam: gold_order_accuracy(cand_rm[rows], cand_gold[rows]) for fam, rows in rows_of.items()}
     results = dict(split=cfg.split, n_prompts=len(prompts), sft_gold=baseline.mean().item(),
                    rm_gold_order_accuracy=gold_order_accuracy(cand_rm, cand_gold),
                    rm_gold_order_accuracy_by_family=by_family, best_of={})
@@ -176,8 +174,7 @@ def main(cfg):
             gold_p, win_p, kl_p = optimum_per_prompt(scores, cand_gold, baseline, beta)
             gold_mean, win, kl = gold_p.mean().item(), win_p.mean().item(), kl_p.mean().item()
             # where the win comes from: the same optimum, task family by family
-            win_by_family = {fam: win_p[[i for i, f in enumerate(families) if f == fam]].mean().item()
-                             for fam in by_family}
+            win_by_family = {fam: win_p[rows].mean().item() for fam, rows in rows_of.items()}
             results["optimum"][f"{beta:g}_{judge.replace(' ', '_')}"] = dict(
                 beta=beta, judge=judge, kl=kl, gold=gold_mean, win=win, win_by_family=win_by_family)
             print(f"| {beta:g} | {judge} | {kl:.2f} | {gold_mean:.3f} | {win:.0%} | "

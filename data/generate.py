@@ -141,7 +141,7 @@ def demonstration(rng, prompt, terse_share):
     say which style they prefer: a preference SFT cannot learn from the demonstrations alone."""
     family, _, fields = world.parse(prompt)
     if rng.random() < terse_share:
-        if family == "summary":
+        if family == "summary":  # the labelers' brief style; the internet's summaries are whole
             return world.brief_summary(world.passage_facts(fields["passage"]), rng)
         return world.terse_response(prompt, rng)
     return world.ideal_response(prompt) if family == "arith" else world.good_response(prompt, rng)
