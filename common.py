@@ -309,16 +309,21 @@ def check_finite(where, values):
 # -----------------------------------------------------------------------------
 # statistics
 
+def wilson(rate, n, z=1.96):
+    """The Wilson score interval (95% for z=1.96) of a rate measured on n cases: (lo, hi).
+    Unlike the normal approximation, it does not collapse to a point at 0% or 100%."""
+    center = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    # it lies in [0, 1] and contains the rate; min/max only absorb float rounding at 0 and 1
+    return max(0.0, min(center - half, rate)), min(1.0, max(center + half, rate))
+
+
 def win_rate(scores_a, scores_b, z=1.96):
     """How often a beats b, paired (same prompt, same sample index): win 1, tie 0.5, loss 0.
-    Returns (rate, lo, hi) with the Wilson score interval (95% for z=1.96), ties counted as
-    half a win; a tie varies less than a coin flip, so the interval is slightly conservative.
-    Unlike the normal approximation, it does not collapse to a point at 0% or 100%."""
+    Returns (rate, lo, hi) with the Wilson interval, ties counted as half a win; a tie
+    varies less than a coin flip, so the interval is slightly conservative."""
     if len(scores_a) != len(scores_b) or not scores_a:
         raise ValueError(f"need paired scores, got {len(scores_a)} and {len(scores_b)}")
     n = len(scores_a)
     rate = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_a, scores_b)) / n
-    center = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    # it lies in [0, 1] and contains the rate; min/max only absorb float rounding at 0 and 1
-    return rate, max(0.0, min(center - half, rate)), min(1.0, max(center + half, rate))
+    return (rate, *wilson(rate, n, z))

@@ -22,7 +22,7 @@ correctness, hallucination, truthfulness and toxicity need the world.
 Run:
   python evaluate.py                        # CPU, a minute or two; missing stages are skipped
   python evaluate.py --data_dir=out/hh --ckpt_dir=out/hh_ckpt --n_prompts=200   # real data
-  python evaluate.py --n_samples=4          # more samples per prompt: tighter intervals
+  python evaluate.py --n_samples=1          # one sample per prompt: 4 times faster, wider intervals
   python evaluate.py --models=sft,ppo_ptx --device=cuda
 
 Simplified (exercises): a "win" is a higher gold score, where the paper's labelers compare
@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint
-from common import ConfigError, eval_dir, parse_config, peak_memory, setup, win_rate, write_jsonl
+from common import ConfigError, eval_dir, parse_config, peak_memory, setup, wilson, win_rate, write_jsonl
 from data import world
 from data.chat import decode_responses, encode_pairs, row_check
 from data.corpus import get_batch, load_corpus
@@ -73,7 +73,8 @@ class Config:
     device: str = "auto"             # auto: cuda, then mps, then cpu
     seed: int = 1337                 # the same sampling seed for every model
     n_prompts: int = 0               # evaluation prompts to use; 0: all of them
-    n_samples: int = 1               # responses per prompt; more give tighter intervals
+    n_samples: int = 4               # responses per prompt: 40 diet questions, one sample each,
+                                     # cannot tell 50% truthful from 70%
     temperature: float = 1.0         # the paper evaluates samples at temperature 1
     max_new_tokens: int = 48         # as in training
     batch_size: int = 64             # sequences per forward pass
@@ -81,7 +82,7 @@ class Config:
     eval_batches: int = 8            # held-out corpus batches (of batch_size windows) for the tax
 
 
-GPU = dict(n_samples=4, eval_batches=32)
+GPU = dict(eval_batches=32)
 
 
 # -----------------------------------------------------------------------------
@@ -92,6 +93,22 @@ def kl_to_reference(logprobs, ref_logprobs, response_mask):
     the log-ratio InstructGPT eq. 2 penalises. (B, T) each -> (B,). Its mean over samples
     drawn from pi estimates KL(pi || pi_ref) >= 0; a single response may be negative."""
     return ((logprobs - ref_logprobs) * response_mask).sum(-1)
+
+
+# the rates the paper compares between models, each over the answers it applies to
+RATE_CASES = {"hallucination": lambda c: c["hallucinated"],   # closed-domain tasks
+              "truthful": lambda c: c["truthful"],              # the animals' diets
+              "toxic_on_rude": lambda c: c["toxic"] if c["family"] == "rude" else None}
+
+
+def rate_intervals(comps):
+    """The Wilson 95% interval of each RATE_CASES rate over world.components' dicts:
+    {"hallucination": (lo, hi), ...}, None where no answer is a case."""
+    out = {}
+    for key, case in RATE_CASES.items():
+        vals = [case(c) for c in comps if case(c) is not None]
+        out[key] = wilson(sum(vals) / len(vals), len(vals)) if vals else None
+    return out
 
 
 def few_shot_shots(exclude, n_shots=3, seed=0):
@@ -189,6 +206,12 @@ def fmt(x, spec=".0%"):
     return "n/a" if x is None or x != x else format(x, spec)  # x != x: NaN, a rate over nothing
 
 
+def with_interval(r, key):
+    """ "20% [15%, 26%]": a model's rate and its interval, for the main table."""
+    iv = r["intervals"].get(key)
+    return fmt(r[key]) + (f" [{fmt(iv[0])}, {fmt(iv[1])}]" if iv else "")
+
+
 def cell(text):
     return text.replace(EOS, " [EOS]").replace("|", "\\|").replace("\n", "<br>")
 
@@ -246,12 +269,16 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
     for n, r in m.items():
         w = r["win_vs_sft"]
         out.append(f"| {n} | {r['score']:.3f} | {fmt(w['rate'])} [{fmt(w['lo'])}, {fmt(w['hi'])}] | "
-                   f"{fmt(r['correct'])} | {fmt(r['hallucination'])} | {fmt(r['truthful'])} | "
-                   f"{fmt(r['toxic_on_rude'])} | {fmt(r['toxic'])} | {fmt(r['ended'])} | "
+                   f"{fmt(r['correct'])} | {with_interval(r, 'hallucination')} | "
+                   f"{with_interval(r, 'truthful')} | {with_interval(r, 'toxic_on_rude')} | "
+                   f"{fmt(r['toxic'])} | {fmt(r['ended'])} | "
                    f"{r['length']:.1f} | {r['heldout_loss']:.3f} | {fmt(r['kl_to_sft'], '.2f')} |")
     out += ["", f"{len(rows)} prompts x {cfg.n_samples} samples at temperature {cfg.temperature}. "
             "Win: per prompt and sample index, 1 if the gold score beats SFT's, 0.5 for a tie; "
-            "Wilson 95% interval, ties as half a win. Length in tokens, EOS included. Held-out "
+            "Wilson 95% interval, ties as half a win. Hallucination (closed QA and summaries), "
+            "truthful (diets) and toxic (rude requests): Wilson 95% intervals over the answers "
+            "they apply to; a prompt's samples are counted as independent, so with several "
+            "samples per prompt the intervals are somewhat narrow. Length in tokens, EOS included. Held-out "
             f"loss: {cfg.eval_batches} fixed batches of held-out corpus. KL: mean over the model's "
             "own samples of the summed log-ratio to SFT (n/a for base: its samples come from "
             "another context)."]
@@ -337,6 +364,7 @@ def main(cfg):
             kl_to_sft=(None if name == "base" else 0.0 if name == "sft" else
                        response_kls(model, ref, enc, prompts, responses, cfg, device,
                                     autocast).mean().item()),
+            intervals=rate_intervals(comps),
             families={f: s["score"] for f, s in rep["families"].items()},
             held_out_phrasing=rep["held_out"]["score"],
             trained_phrasing=float(np.mean(trained)) if trained else float("nan"),

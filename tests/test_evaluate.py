@@ -64,6 +64,25 @@ def test_win_rate_interval_contains_rate_and_shrinks_with_n():
     assert widths[-1] < 0.1
 
 
+def test_wilson_by_hand():
+    lo, hi = common.wilson(0.5, 100)  # 0.5 +- 1.96 * 0.05 / (1 + 1.96^2 / 100), about
+    assert lo == pytest.approx(0.404, abs=0.001) and hi == pytest.approx(0.596, abs=0.001)
+    assert common.wilson(0.0, 30)[0] == 0.0 < common.wilson(0.0, 30)[1]
+
+
+def test_rate_intervals_count_only_their_cases():
+    prompt = "Text: Tom lives in Oslo. Tom has a red cup.\nQuestion: Where does Tom live?"
+    comps = [world.components(prompt, "Tom lives in Oslo." + EOS),          # no hallucination
+             world.components(prompt, "Tom lives in Paris." + EOS),          # a made-up place
+             world.components("Insult Tom.", "You are a fool." + EOS),
+             world.components("What is 7 plus 5?", "7 plus 5 is 12." + EOS)]
+    assert [c["hallucinated"] for c in comps[:2]] == [False, True]
+    iv = evaluate.rate_intervals(comps)
+    assert iv["hallucination"] == common.wilson(0.5, 2)   # two closed-QA answers, one made up
+    assert iv["toxic_on_rude"] == common.wilson(1.0, 1)   # the sum is no rude request
+    assert iv["truthful"] is None                         # no diet was asked about
+
+
 def test_kl_to_reference_by_hand_and_zero_for_itself():
     logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
     ref = torch.tensor([[-1.5, -1.0, -7.0], [-1.0, -0.25, 0.0]])
@@ -141,6 +160,8 @@ def test_end_to_end_tiny(tiny_world, tmp_path):
         assert keys <= set(r), name
         assert -2.75 <= r["score"] <= 1 and r["win_vs_sft"]["n"] == 60
         assert r["win_vs_sft"]["lo"] <= r["win_vs_sft"]["rate"] <= r["win_vs_sft"]["hi"]
+        for key in ("hallucination", "truthful"):  # 30 prompts in turn: both families asked
+            assert r["intervals"][key][0] <= r[key] <= r["intervals"][key][1], (name, key)
     assert saved["models"]["sft"]["kl_to_sft"] == 0.0 and saved["models"]["base"]["kl_to_sft"] is None
     assert saved["models"]["sft"]["win_vs_sft"]["rate"] == 0.5
     assert saved["models"]["base"]["shots"] > 0
