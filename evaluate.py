@@ -42,7 +42,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint
-from common import ConfigError, eval_dir, parse_config, peak_memory, setup, wilson, win_rate, write_jsonl
+from common import (ConfigError, eval_dir, parse_config, peak_memory, setup, wilson, win_rate,
+                    write_jsonl)
 from data import world
 from data.chat import decode_responses, encode_pairs, row_check
 from data.corpus import get_batch, load_corpus
@@ -278,8 +279,8 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
             "Wilson 95% interval, ties as half a win. Hallucination (closed QA and summaries), "
             "truthful (diets) and toxic (rude requests): Wilson 95% intervals over the answers "
             "they apply to; a prompt's samples are counted as independent, so with several "
-            "samples per prompt the intervals are somewhat narrow. Length in tokens, EOS included. Held-out "
-            f"loss: {cfg.eval_batches} fixed batches of held-out corpus. KL: mean over the model's "
+            "samples per prompt the intervals are somewhat narrow. Length in tokens, EOS "
+            f"included. Held-out loss: {cfg.eval_batches} fixed batches of held-out corpus. KL: mean over the model's "
             "own samples of the summed log-ratio to SFT (n/a for base: its samples come from "
             "another context)."]
     if "base" in m:

@@ -13,7 +13,7 @@ model and DPO learn from the strictly ranked pairs only.
 
 NOISE is set so that two independent labelers agree on about 73% of the pairs of
 responses that they do not tie, sampled from the SFT model (the paper: 72.6 +- 1.5%):
-0.32 gives 72-74% on the comparisons of three worlds, where 0.26 gave 75-78%. `agreement`
+0.32 gives 71-74% on the comparisons of three worlds, where 0.26 gave 75-78%. `agreement`
 measures it and the tie rate beside it; data.collect prints both on the real samples it
 ranks, and `python -m data.labelers` on samples of roughly SFT quality made by the world,
 whose wrong answers are further from the right ones, so they agree more often.
