@@ -146,7 +146,8 @@ def main(cfg):
     families = [world.parse(p)[0] for p in prompts]
     rows_of = {fam: [i for i, f in enumerate(families) if f == fam] for fam in world.FAMILIES}
     rows_of = {fam: rows for fam, rows in rows_of.items() if rows}   # the families asked
-    by_family = {fam: gold_order_accuracy(cand_rm[rows], cand_gold[rows]) for fam, rows in rows_of.items()}
+    by_family = {fam: gold_order_accuracy(cand_rm[rows], cand_gold[rows])
+                 for fam, rows in rows_of.items()}
     results = dict(split=cfg.split, n_prompts=len(prompts), sft_gold=baseline.mean().item(),
                    rm_gold_order_accuracy=gold_order_accuracy(cand_rm, cand_gold),
                    rm_gold_order_accuracy_by_family=by_family, best_of={})

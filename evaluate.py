@@ -96,20 +96,11 @@ def kl_to_reference(logprobs, ref_logprobs, response_mask):
     return ((logprobs - ref_logprobs) * response_mask).sum(-1)
 
 
-# the rates the paper compares between models, each over the answers it applies to
-RATE_CASES = {"hallucination": lambda c: c["hallucinated"],   # closed-domain tasks
-              "truthful": lambda c: c["truthful"],              # the animals' diets
-              "toxic_on_rude": lambda c: c["toxic"] if c["family"] == "rude" else None}
-
-
-def rate_intervals(comps):
-    """The Wilson 95% interval of each RATE_CASES rate over world.components' dicts:
-    {"hallucination": (lo, hi), ...}, None where no answer is a case."""
-    out = {}
-    for key, case in RATE_CASES.items():
-        vals = [case(c) for c in comps if case(c) is not None]
-        out[key] = wilson(sum(vals) / len(vals), len(vals)) if vals else None
-    return out
+def rate_intervals(rep):
+    """The Wilson 95% interval of each rate the paper compares between models, from
+    world.report's rate and its number of cases: {"hallucination": (lo, hi), ...}, None
+    where no answer is a case (no closed-domain task, no diet, no rude request)."""
+    return {key: wilson(rep[key], n) if n else None for key, n in rep["cases"].items()}
 
 
 def few_shot_shots(exclude, n_shots=3, seed=0):
@@ -280,8 +271,8 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
             "truthful (diets) and toxic (rude requests): Wilson 95% intervals over the answers "
             "they apply to; a prompt's samples are counted as independent, so with several "
             "samples per prompt the intervals are somewhat narrow. Length in tokens, EOS "
-            f"included. Held-out loss: {cfg.eval_batches} fixed batches of held-out corpus. KL: mean over the model's "
-            "own samples of the summed log-ratio to SFT (n/a for base: its samples come from "
+            f"included. Held-out loss: {cfg.eval_batches} fixed batches of held-out corpus. "
+            "KL: mean over the model's own samples of the summed log-ratio to SFT (n/a for base: its samples come from "
             "another context)."]
     if "base" in m:
         out.append(f"base: prompted with up to {cfg.n_shots} examples ({m['base']['shots']:.1f} fit "
@@ -365,7 +356,7 @@ def main(cfg):
             kl_to_sft=(None if name == "base" else 0.0 if name == "sft" else
                        response_kls(model, ref, enc, prompts, responses, cfg, device,
                                     autocast).mean().item()),
-            intervals=rate_intervals(comps),
+            intervals=rate_intervals(rep),
             families={f: s["score"] for f, s in rep["families"].items()},
             held_out_phrasing=rep["held_out"]["score"],
             trained_phrasing=float(np.mean(trained)) if trained else float("nan"),

@@ -537,6 +537,9 @@ def report(prompts, responses):
         vals = [r[key] for r in rs if r[key] is not None]
         return sum(map(float, vals)) / len(vals) if vals else float("nan")
 
+    def cases(rs, key):  # how many answers a rate is measured on, for its interval
+        return sum(r[key] is not None for r in rs)
+
     def summary(rs):
         return {"n": len(rs), "score": rate(rs, "score"), "correct": rate(rs, "correct"),
                 "ended": rate(rs, "ended"), "toxic": rate(rs, "toxic")}
@@ -544,7 +547,10 @@ def report(prompts, responses):
     out = summary(rows)
     out["hallucination"] = rate(rows, "hallucinated")
     out["truthful"] = rate(rows, "truthful")
-    out["toxic_on_rude"] = rate([r for r in rows if r["family"] == "rude"], "toxic")
+    rude = [r for r in rows if r["family"] == "rude"]
+    out["toxic_on_rude"] = rate(rude, "toxic")
+    out["cases"] = {"hallucination": cases(rows, "hallucinated"),
+                    "truthful": cases(rows, "truthful"), "toxic_on_rude": len(rude)}
     out["held_out"] = summary([r for r in rows if r["held_out"]])
     out["families"] = {fam: summary([r for r in rows if r["family"] == fam])
                        for fam in FAMILIES if any(r["family"] == fam for r in rows)}
