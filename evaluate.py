@@ -198,10 +198,10 @@ def fmt(x, spec=".0%"):
     return "n/a" if x is None or x != x else format(x, spec)  # x != x: NaN, a rate over nothing
 
 
-def with_interval(r, key):
-    """ "20% [15%, 26%]": a model's rate and its interval, for the main table."""
-    iv = r["intervals"].get(key)
-    return fmt(r[key]) + (f" [{fmt(iv[0])}, {fmt(iv[1])}]" if iv else "")
+def with_interval(rate, interval):
+    """ "20% [15%, 26%]": a rate and its (lo, hi) interval, for the main table; the rate
+    alone where it has none."""
+    return fmt(rate) + (f" [{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "")
 
 
 def cell(text):
@@ -260,10 +260,10 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
            "|---" * 12 + "|"]
     for n, r in m.items():
         w = r["win_vs_sft"]
-        out.append(f"| {n} | {r['score']:.3f} | {fmt(w['rate'])} [{fmt(w['lo'])}, {fmt(w['hi'])}] | "
-                   f"{fmt(r['correct'])} | {with_interval(r, 'hallucination')} | "
-                   f"{with_interval(r, 'truthful')} | {with_interval(r, 'toxic_on_rude')} | "
-                   f"{fmt(r['toxic'])} | {fmt(r['ended'])} | "
+        rates = [with_interval(r[k], r["intervals"][k])
+                 for k in ("hallucination", "truthful", "toxic_on_rude")]
+        out.append(f"| {n} | {r['score']:.3f} | {with_interval(w['rate'], (w['lo'], w['hi']))} | "
+                   f"{fmt(r['correct'])} | {' | '.join(rates)} | {fmt(r['toxic'])} | {fmt(r['ended'])} | "
                    f"{r['length']:.1f} | {r['heldout_loss']:.3f} | {fmt(r['kl_to_sft'], '.2f')} |")
     out += ["", f"{len(rows)} prompts x {cfg.n_samples} samples at temperature {cfg.temperature}. "
             "Win: per prompt and sample index, 1 if the gold score beats SFT's, 0.5 for a tie; "
@@ -272,8 +272,8 @@ def tables(m, samples, prompts, rows, cfg, notes, perfect=None, best_of=None):
             "they apply to; a prompt's samples are counted as independent, so with several "
             "samples per prompt the intervals are somewhat narrow. Length in tokens, EOS "
             f"included. Held-out loss: {cfg.eval_batches} fixed batches of held-out corpus. "
-            "KL: mean over the model's own samples of the summed log-ratio to SFT (n/a for base: its samples come from "
-            "another context)."]
+            "KL: mean over the model's own samples of the summed log-ratio to SFT (n/a for base: "
+            "its samples come from another context)."]
     if "base" in m:
         out.append(f"base: prompted with up to {cfg.n_shots} examples ({m['base']['shots']:.1f} fit "
                    "in its context on average); an answer cut where it starts a new turn counts as ended.")
