@@ -195,15 +195,18 @@ def question_pools(seed, eval_frac=0.2, val_frac=0.1):
     return pool
 
 
-def prompt_sets(rng, cfg):
+def prompt_sets(cfg):
     """Draw the prompt sets. Evaluation and validation ask questions that no training set
     asks, not even with another greeting or phrasing (question_pools), except the diets of
     SHARED_FAMILIES; the training sets (demonstrations, comparisons, PPO) draw from one pool
     of questions, as users of one product ask overlapping questions. Evaluation prompts are
-    distinct from one another."""
+    distinct from one another. Each set has a random stream of its own, so asking for more
+    reward-model prompts leaves the demonstrations, the other sets, and the first prompts of
+    the reward model's set as they were."""
     pool = question_pools(cfg.seed)
 
-    def draw(n, split, phrasing, demos=False):
+    def draw(name, n, split, phrasing, demos=False):
+        rng = random.Random(f"{cfg.seed}-{name}")
         rows, seen, written, tries = [], set(), collections.Counter(), 0
         while len(rows) < n:
             tries += 1
@@ -227,11 +230,11 @@ def prompt_sets(rng, cfg):
             rows.append({"prompt": prompt, "family": family, "held_out": tid == n_templates - 1})
         return rows
 
-    sets = {"eval": draw(cfg.n_eval, "eval", "any")}
-    sets["sft"] = draw(cfg.n_sft + cfg.n_sft_val, "train", "trained", demos=True)
+    sets = {"eval": draw("eval", cfg.n_eval, "eval", "any")}
+    sets["sft"] = draw("sft", cfg.n_sft + cfg.n_sft_val, "train", "trained", demos=True)
     for name, n in (("rm", cfg.n_rm), ("ppo", cfg.n_ppo)):
-        sets[name] = draw(n, "train", "trained")
-    sets["val"] = draw(cfg.n_val, "val", "trained")
+        sets[name] = draw(name, n, "train", "trained")
+    sets["val"] = draw("val", cfg.n_val, "val", "trained")
     return sets
 
 
@@ -244,8 +247,9 @@ def main(cfg):
         u = rng.random()
         docs.append(fact_doc(rng, cfg) if u < 0.25 else bio_doc(rng) if u < 0.55 else forum_doc(rng))
     corpus = EOS.join(docs) + EOS
-    sets = prompt_sets(rng, cfg)
-    sft = [{"prompt": r["prompt"], "completion": demonstration(rng, r["prompt"], cfg.terse_share)}
+    sets = prompt_sets(cfg)
+    writer = random.Random(f"{cfg.seed}-demonstrations")
+    sft = [{"prompt": r["prompt"], "completion": demonstration(writer, r["prompt"], cfg.terse_share)}
            for r in sets["sft"]]
     os.makedirs(cfg.out_dir, exist_ok=True)
     path = os.path.join(cfg.out_dir, "pretrain.txt")

@@ -586,6 +586,19 @@ def test_generate_deterministic(data_dir, tmp_path):
     assert (data_dir / "sft.jsonl").read_bytes() != (tmp_path / "other" / "sft.jsonl").read_bytes()
 
 
+def test_more_rm_prompts_leave_the_other_sets_alone(data_dir, tmp_path):
+    """Each set draws from its own random stream: twice the reward-model prompts keeps the
+    corpus, the demonstrations and the other prompt sets byte for byte, and the first
+    prompts of the reward model's set, so a larger comparison budget is compared at equal SFT."""
+    generate.main(dataclasses.replace(SMALL, n_rm=2 * SMALL.n_rm, out_dir=str(tmp_path / "more")))
+    more = tmp_path / "more"
+    for name in sorted(os.listdir(data_dir)):
+        if name != "rm_prompts.jsonl":
+            assert (data_dir / name).read_bytes() == (more / name).read_bytes(), name
+    rm, rm_more = read_prompts(data_dir, "rm_prompts.jsonl"), read_prompts(more, "rm_prompts.jsonl")
+    assert len(rm_more) == 2 * len(rm) and rm_more[:len(rm)] == rm
+
+
 # -----------------------------------------------------------------------------
 # the tokenizer
 
