@@ -29,7 +29,7 @@ Run:
 
 Simplified (exercises): a response that appears in several pairs goes through the model
 once per pair (grouping a prompt's K responses, as reward.py does, would save passes), so
-to fit a CPU minute the CPU preset keeps 3 random pairs per prompt (--pairs_per_prompt=0
+to fit a CPU minute the CPU preset keeps 2 random pairs per prompt (--pairs_per_prompt=0
 keeps all C(K,2), as the GPU preset does); no label smoothing (cDPO) or IPO loss; the
 held-out prompts are simply the last 10% of the file.
 """
@@ -69,7 +69,7 @@ class Config:
     warmup_iters: int = 10
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    pairs_per_prompt: int = 3        # random pairs kept per prompt (of C(K,2)), for CPU time; 0: all
+    pairs_per_prompt: int = 2        # random pairs kept per prompt (of C(K,2)), for CPU time; 0: all
     val_frac: float = 0.1            # prompts held out for loss and accuracy
     log_interval: int = 20
     n_eval_prompts: int = 240        # gold-labeler check at the end; 0 skips it

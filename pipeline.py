@@ -36,8 +36,10 @@ import time
 
 # the second round: the first PPO policy's samples on this many reward-model prompts (it
 # needs only as long as PPO takes to find what the first reward model overrates, and a
-# looser KL penalty, so that it finds it)
-ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 40, 0.1, 2000
+# looser KL penalty, so that it finds it). The first reward model, which only has to show
+# the labelers what that PPO run finds, learns from the first half of the first round's
+# rankings; the reward model learns from all of them.
+ROUND1_RANKINGS, ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 4000, 40, 0.1, 2000
 COMPARISONS = "out/comparisons.jsonl,out/comparisons_r2.jsonl"
 
 STAGES = [  # name, command, the file it makes
@@ -45,7 +47,8 @@ STAGES = [  # name, command, the file it makes
     ("pretrain", ["pretrain.py"], "out/pretrain.pt"),
     ("sft", ["sft.py"], "out/sft.pt"),
     ("compare", ["-m", "data.collect"], "out/comparisons.jsonl"),
-    ("reward_r1", ["reward.py", "--out=out/reward_r1.pt"], "out/reward_r1.pt"),
+    ("reward_r1", ["reward.py", f"--n_rankings={ROUND1_RANKINGS}", "--out=out/reward_r1.pt"],
+     "out/reward_r1.pt"),
     ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND1_ITERS}",
                 f"--beta={ROUND1_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
     ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",

@@ -56,6 +56,7 @@ class Config:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     val_frac: float = 0.1             # prompts held out for accuracy
+    n_rankings: int = 0               # 0: every ranking of each comparisons file; else its first n
     log_interval: int = 10
 
 
@@ -136,7 +137,7 @@ if __name__ == "__main__":
     # SFT body, scalar head starting at zero: every response scores 0 at step 0
     model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
                                scalar_head=True, dropout=0.0, kind="language model")
-    train_rows, val_rows = split_comparisons(cfg.comparisons, cfg.val_frac,
+    train_rows, val_rows = split_comparisons(cfg.comparisons, cfg.val_frac, cfg.n_rankings,
                                              check=row_check(enc, model.config.block_size))
     model.train()
     print(f"reward model: {len(train_rows)} rankings to train on, {len(val_rows)} held out")

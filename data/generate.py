@@ -41,7 +41,7 @@ class Config:
     n_docs: int = 60000          # documents in the pretraining corpus
     n_sft: int = 2000            # SFT demonstrations (the paper had 13k)
     n_sft_val: int = 200
-    n_rm: int = 4000             # prompts whose samples the labelers rank (the paper: 33k to 13k SFT)
+    n_rm: int = 8000             # prompts whose samples the labelers rank (the paper: 33k to 13k SFT)
     n_ppo: int = 1500
     n_val: int = 240             # validation prompts of the training distribution, for tuning
     n_eval: int = 240            # 40 per family, a third in the held-out phrasing

@@ -117,14 +117,15 @@ def preferences(row):
     return [(i, j) for i, j in ranked_pairs(ranks_of(row)) if rs[i] != rs[j]]
 
 
-def split_comparisons(paths, val_frac, check=None):
+def split_comparisons(paths, val_frac, n_rankings=0, check=None):
     """Rankings to train on and to hold out, from one comparisons file or several separated
-    by commas (the rounds of comparisons, each from another policy's samples). The last
-    val_frac of each file's prompts are held out, so every round is measured. Each part
-    must hold at least one preference."""
+    by commas (the rounds of comparisons, each from another policy's samples), each file's
+    first n_rankings only if n_rankings > 0. The last val_frac of each file's prompts are
+    held out, so every round is measured. Each part must hold at least one preference."""
     train, val = [], []
     for path in paths.split(","):
         rows = load_comparisons(path, check=check)
+        rows = rows[:n_rankings or len(rows)]
         n_val = max(1, int(val_frac * len(rows)))
         if n_val >= len(rows):
             raise DataError(f"{path}: --val_frac={val_frac} holds out all {len(rows)} of its "

@@ -723,6 +723,10 @@ def test_split_comparisons_holds_out_every_round(tmp_path):
     assert split_comparisons(first, 0.1) == (load_comparisons(first)[:18], load_comparisons(first)[18:])
     with pytest.raises(DataError, match=re.escape(f"{rounds('one', 1)}: --val_frac")):
         split_comparisons(f"{first},{tmp_path / 'one.jsonl'}", 0.1)
+    # the first n rankings of each file, then the last tenth of those held out
+    train, val = split_comparisons(f"{first},{second}", 0.1, n_rankings=10)
+    assert [r["prompt"] for r in val] == ["sft9", "ppo9"]
+    assert [r["prompt"] for r in train] == [f"sft{i}" for i in range(9)] + [f"ppo{i}" for i in range(9)]
 
 
 def test_loader_empty_and_missing(tmp_path):
