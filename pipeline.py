@@ -5,7 +5,7 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   2. pretrain    python pretrain.py         the base model ("GPT-3")
   3. sft         python sft.py              supervised fine-tuning on demonstrations
   4. compare     python -m data.collect     SFT samples ranked by the simulated labelers
-  5. reward_r1   python reward.py           a first reward model, from those comparisons
+  5. reward_r1   python reward.py           a first reward model, from the first 4,000 of them
   6. ppo_r1      python ppo.py              a first, short PPO run against it
   7. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
   8. reward      python reward.py           the reward model, from both rounds of comparisons
@@ -37,8 +37,8 @@ import time
 # the second round: the first PPO policy's samples on this many reward-model prompts (it
 # needs only as long as PPO takes to find what the first reward model overrates, and a
 # looser KL penalty, so that it finds it). The first reward model, which only has to show
-# the labelers what that PPO run finds, learns from the first half of the first round's
-# rankings; the reward model learns from all of them.
+# the labelers what that PPO run finds, learns from the first ROUND1_RANKINGS rankings of
+# the first round; the reward model learns from all of them.
 ROUND1_RANKINGS, ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 4000, 40, 0.1, 2000
 COMPARISONS = "out/comparisons.jsonl,out/comparisons_r2.jsonl"
 
