@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import pretrain
-from common import check_options, parse_config, resolve_device
+from common import autocast_for, check_options, parse_config, resolve_device
 from model import GPT, GPTConfig
 
 
@@ -74,8 +74,7 @@ def bench_training(preset, device, cfg, use_sdpa=False):
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, model.config.vocab_size, (p.batch_size, p.block_size), device=device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = autocast_for(device)  # what the stages use: bf16 where the hardware has it
 
     def steps():
         for _ in range(cfg.train_steps):

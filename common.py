@@ -199,18 +199,31 @@ def setup(cfg, **ranges):
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     autocast = autocast_for(device)
     if device not in _announced:
         _announced.add(device)
-        print(f"device: {device}, dtype: {'bfloat16 autocast' if bf16 else 'float32'}")
+        print(f"device: {device}, dtype: {'bfloat16 autocast' if uses_bf16(device) else 'float32'}")
     return device, autocast
 
 
+def uses_bf16(device):
+    """bf16 autocast where the hardware multiplies bf16 natively: a GPU that has it, or a CPU
+    with AVX512-BF16 or AMX (about twice fp32's training speed; elsewhere bf16 is emulated,
+    and slower). RLHF_FP32=1 in the environment keeps every stage in fp32."""
+    if os.environ.get("RLHF_FP32") == "1":
+        return False
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
 def autocast_for(device):
-    """bf16 autocast on a GPU that has it; plain fp32 everywhere else."""
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """The autocast context every forward pass runs under: bf16 where uses_bf16, else none.
+    Matrix multiplies run in bf16; the model takes its softmaxes and log-probs in fp32."""
+    if uses_bf16(device):
+        return torch.autocast(device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

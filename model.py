@@ -92,6 +92,10 @@ class KVCache:
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def keep(self, rows):
+        """Keep the batch rows where rows (B,) bool is True: the rows still generating."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
 
 def rotary(position_ids, head_size, base=10000.0):
     """Rotary position embedding tables (Su et al. 2021, RoFormer): channel pair i of every
@@ -144,7 +148,7 @@ class CausalSelfAttention(nn.Module):
             att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, S)
             # -inf gives exactly zero weight, so masked keys cannot leak even a rounding error
             att = att.masked_fill(~mask, float("-inf"))
-            att = F.softmax(att, dim=-1)
+            att = F.softmax(att.float(), dim=-1).to(v.dtype)  # fp32 even under bf16 autocast
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
@@ -256,9 +260,12 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if kv_cache is not None:
             kv_cache.pos = S  # every layer has written its T new positions
-        if self.config.scalar_head:
-            return self.score_head(x).squeeze(-1).float()  # (B, T)
-        return self.lm_head(x).float()  # (B, T, vocab)
+        # the head runs in fp32 even under bf16 autocast: log-probs and scores need more than
+        # bf16's three significant digits (PPO's ratios, a reward model's small differences)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.config.scalar_head:
+                return self.score_head(x.float()).squeeze(-1)  # (B, T)
+            return self.lm_head(x.float())  # (B, T, vocab)
 
     @torch.no_grad()
     def generate(self, prompt_ids, attention_mask=None, max_new_tokens=64, temperature=1.0,
@@ -277,37 +284,44 @@ class GPT(nn.Module):
             attention_mask = torch.ones_like(prompt_ids)
         seq, mask = prompt_ids, attention_mask.long()
         cache = KVCache(self.config.n_layer, Tp + max_new_tokens) if use_cache else None
-        finished = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
-        tokens, logprobs = [], []
+        # a row leaves the batch (and the cache) once it has emitted EOS, so a batch costs
+        # what its unfinished rows cost, not what its longest row costs; alive holds the
+        # batch indices of the rows still generating. Ended rows read EOS, with log-prob 0
+        alive = torch.arange(B, device=prompt_ids.device)
+        tokens = torch.full((B, max_new_tokens), 0 if eos_id is None else eos_id,
+                            dtype=torch.long, device=prompt_ids.device)
+        logprobs = torch.zeros(B, max_new_tokens, device=prompt_ids.device)
+        n_new = max_new_tokens
         for step in range(max_new_tokens):
             # with a cache, only the newest token goes through the model after the prompt
             inp = seq[:, -1:] if (use_cache and step > 0) else seq
-            logits = self(inp, attention_mask=mask, kv_cache=cache)[:, -1, :]  # (B, vocab)
+            logits = self(inp, attention_mask=mask, kv_cache=cache)[:, -1, :].float()  # (b, vocab)
             if temperature == 0:
-                next_tok = logits.argmax(-1)  # (B,)
+                next_tok = logits.argmax(-1)  # (b,)
                 logp = F.log_softmax(logits, -1)
             else:
                 logits = logits / temperature
                 if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))  # (B, k)
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))  # (b, k)
                     logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
                 logp = F.log_softmax(logits, -1)
-                next_tok = torch.multinomial(logp.exp(), num_samples=1).squeeze(-1)  # (B,)
-            tok_logp = logp.gather(-1, next_tok[:, None]).squeeze(-1)  # (B,)
-            if eos_id is not None:
-                # rows that already ended keep emitting EOS with log-prob 0
-                next_tok = torch.where(finished, torch.full_like(next_tok, eos_id), next_tok)
-                tok_logp = torch.where(finished, torch.zeros_like(tok_logp), tok_logp)
-                finished |= next_tok == eos_id
-            tokens.append(next_tok)
-            logprobs.append(tok_logp)
-            seq = torch.cat([seq, next_tok[:, None]], dim=1)     # (B, Tp + step + 1)
+                next_tok = torch.multinomial(logp.exp(), num_samples=1).squeeze(-1)  # (b,)
+            tokens[alive, step] = next_tok
+            logprobs[alive, step] = logp.gather(-1, next_tok[:, None]).squeeze(-1)
+            seq = torch.cat([seq, next_tok[:, None]], dim=1)     # (b, Tp + step + 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            if eos_id is not None and finished.all():
-                break
-        new_tokens = torch.stack(tokens, dim=1)  # (B, N)
+            if eos_id is not None:
+                going = next_tok != eos_id  # (b,)
+                if not going.all():
+                    alive, seq, mask = alive[going], seq[going], mask[going]
+                    if cache is not None:
+                        cache.keep(going)
+                if len(alive) == 0:
+                    n_new = step + 1
+                    break
+        new_tokens = tokens[:, :n_new]  # (B, N)
         if return_logprobs:
-            return new_tokens, torch.stack(logprobs, dim=1)  # (B, N), (B, N)
+            return new_tokens, logprobs[:, :n_new]  # (B, N), (B, N)
         return new_tokens
 
 

@@ -36,7 +36,7 @@ class Config:
     k: int = 6                       # responses per prompt, 4 to 9 as in the paper
     temperature: float = 1.0
     max_new_tokens: int = 48
-    batch_size: int = 128            # sequences generated at once
+    batch_size: int = 512            # sequences generated at once (finished ones leave the batch)
     noise: float = labelers.NOISE    # labeler noise, set for ~73% agreement on ranked pairs
     device: str = "auto"
     seed: int = 1337

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import ConfigError, Logger, log_path, parse_config, setup, write_jsonl  # noqa: E402
+from common import ConfigError, Logger, log_path, parse_config, setup, uses_bf16, write_jsonl  # noqa: E402
 from data.chat import decode_responses, encode_pairs, encode_prompts  # noqa: E402
 from data import world  # noqa: E402
 from data.tokenizer import EOS, encode, get_tokenizer, save_ranks, train_bpe  # noqa: E402
@@ -302,3 +302,10 @@ def test_pipeline_stages_pass_options_their_scripts_accept():
     for path in pipeline.COMPARISONS.split(","):
         assert path in made
     assert made.index("out/ppo_r1.pt") < made.index("out/comparisons_r2.jsonl") < made.index("out/reward.pt")
+
+
+def test_rlhf_fp32_keeps_every_stage_in_fp32(monkeypatch):
+    monkeypatch.setenv("RLHF_FP32", "1")
+    assert not uses_bf16("cpu") and not uses_bf16("cuda")
+    monkeypatch.delenv("RLHF_FP32")
+    assert uses_bf16("mps") is False  # no bf16 autocast on Apple GPUs here

@@ -189,14 +189,17 @@ def test_left_padded_batch_matches_each_prompt_alone(use_cache):
         assert torch.equal(batch[i], alone[0]), f"row {i}"
 
 
-def test_generate_stops_at_eos_and_pads():
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_stops_at_eos_and_pads(use_cache):
+    """A row that ends leaves the batch (and the cache); the others go on as if it were there."""
     model = tiny_model()
     ids, mask = left_pad(PROMPTS)
     free = model.generate(ids, mask, max_new_tokens=12, temperature=0)  # (B, 12), no EOS
     # call EOS a token that row 0 first writes a few steps in, so it stops mid-response
     k = next(k for k in range(2, 12) if free[0, k] not in free[0, :k])
     eos = free[0, k].item()
-    out, logp = model.generate(ids, mask, max_new_tokens=12, temperature=0, eos_id=eos, return_logprobs=True)
+    out, logp = model.generate(ids, mask, max_new_tokens=12, temperature=0, eos_id=eos,
+                               return_logprobs=True, use_cache=use_cache)
     rmask = response_mask(out, eos)
     firsts = []
     for i in range(3):
@@ -250,6 +253,17 @@ def test_top_k_one_is_greedy_and_temperature_scales():
     topk1, logp = model.generate(ids, mask, max_new_tokens=8, temperature=2.0, top_k=1, return_logprobs=True)
     assert torch.equal(topk1, greedy)
     assert torch.all(logp == 0)  # a one-token distribution: log-prob exactly 0
+
+
+def test_head_runs_in_fp32_under_bf16_autocast():
+    """The body may run in bf16; the logits and scores come from an fp32 head."""
+    model = tiny_model()
+    ids, mask = left_pad(PROMPTS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids, mask)
+    assert logits.dtype == torch.float32
+    assert (logits != logits.bfloat16().float()).any()  # more digits than a bf16 matmul gives
+    torch.testing.assert_close(logits, model(ids, mask), atol=0.1, rtol=0.05)  # bf16's rounding only
 
 
 def test_generate_rejects_overlong():
