@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import pretrain
-from common import autocast_for, check_options, parse_config, resolve_device
+from common import autocast_for, check_options, parse_config, resolve_device, uses_bf16
 from model import GPT, GPTConfig
 
 
@@ -105,7 +105,8 @@ def main(cfg):
     check_options(cfg)
     device = resolve_device(cfg.device)
     presets = [cfg.preset] if cfg.preset != "auto" else (["cpu", "gpu"] if device == "cuda" else ["cpu"])
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'bf16 autocast' if uses_bf16(device) else 'fp32'} (RLHF_FP32=1: fp32)")
     print("| preset | params | attention | train tok/s | peak MB | gen tok/s, cache | gen tok/s, no cache | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for preset in presets:

@@ -17,10 +17,11 @@ summaries rest on that skill.
 
 What is simplified, and could be exercises:
 - no flash/paged attention of our own;
-- the KV cache is a plain preallocated buffer; finished rows keep being computed
-  until every row of the batch is done (no re-batching);
+- the KV cache is a plain preallocated buffer; a row that has ended leaves the batch, but
+  no new row takes its place (no continuous batching);
 - sampling is temperature and top-k only (no top-p, no beam search, no repetition penalty);
-- no optimizer grouping, no torch.compile or mixed precision here; the scripts choose those.
+- no optimizer grouping, no torch.compile; the scripts choose the precision (bf16 autocast
+  where the hardware has it, common.autocast_for), and the head always runs in fp32.
 """
 
 import math
@@ -286,7 +287,7 @@ class GPT(nn.Module):
         cache = KVCache(self.config.n_layer, Tp + max_new_tokens) if use_cache else None
         # a row leaves the batch (and the cache) once it has emitted EOS, so a batch costs
         # what its unfinished rows cost, not what its longest row costs; alive holds the
-        # batch indices of the rows still generating. Ended rows read EOS, with log-prob 0
+        # batch indices of the b rows still generating. Ended rows read EOS, log-prob 0
         alive = torch.arange(B, device=prompt_ids.device)
         tokens = torch.full((B, max_new_tokens), 0 if eos_id is None else eos_id,
                             dtype=torch.long, device=prompt_ids.device)
@@ -295,7 +296,7 @@ class GPT(nn.Module):
         for step in range(max_new_tokens):
             # with a cache, only the newest token goes through the model after the prompt
             inp = seq[:, -1:] if (use_cache and step > 0) else seq
-            logits = self(inp, attention_mask=mask, kv_cache=cache)[:, -1, :].float()  # (b, vocab)
+            logits = self(inp, attention_mask=mask, kv_cache=cache)[:, -1, :]  # (b, vocab)
             if temperature == 0:
                 next_tok = logits.argmax(-1)  # (b,)
                 logp = F.log_softmax(logits, -1)
