@@ -208,7 +208,7 @@ def setup(cfg, **ranges):
 
 def uses_bf16(device):
     """bf16 autocast where the hardware multiplies bf16 natively: a GPU that has it, or a CPU
-    with AVX512-BF16 or AMX (about twice fp32's training speed; elsewhere bf16 is emulated,
+    with AVX512-BF16 or AMX (about 1.5 times fp32's training speed; elsewhere bf16 is emulated,
     and slower). RLHF_FP32=1 in the environment keeps every stage in fp32."""
     if os.environ.get("RLHF_FP32") == "1":
         return False
