@@ -214,8 +214,9 @@ def uses_bf16(device):
         return False
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if device == "cpu":  # these checks are private to torch.cpu, and older versions lack them
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return False
 
 
