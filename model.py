@@ -278,6 +278,8 @@ class GPT(nn.Module):
         taken to be the plain softmax of the logits, the one a policy gradient needs."""
         assert not self.config.scalar_head, "generate needs the LM head"
         B, Tp = prompt_ids.shape
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if Tp + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt length {Tp} + max_new_tokens {max_new_tokens} "
                              f"exceeds block_size {self.config.block_size}")
@@ -292,7 +294,6 @@ class GPT(nn.Module):
         tokens = torch.full((B, max_new_tokens), 0 if eos_id is None else eos_id,
                             dtype=torch.long, device=prompt_ids.device)
         logprobs = torch.zeros(B, max_new_tokens, device=prompt_ids.device)
-        n_new = max_new_tokens
         for step in range(max_new_tokens):
             # with a cache, only the newest token goes through the model after the prompt
             inp = seq[:, -1:] if (use_cache and step > 0) else seq
@@ -318,12 +319,11 @@ class GPT(nn.Module):
                     if cache is not None:
                         cache.keep(going)
                 if len(alive) == 0:
-                    n_new = step + 1
                     break
-        new_tokens = tokens[:, :n_new]  # (B, N)
+        n = step + 1  # steps taken: every row has ended, or max_new_tokens
         if return_logprobs:
-            return new_tokens, logprobs[:, :n_new]  # (B, N), (B, N)
-        return new_tokens
+            return tokens[:, :n], logprobs[:, :n]  # (B, N), (B, N)
+        return tokens[:, :n]  # (B, N)
 
 
 def response_mask(new_tokens, eos_id):
