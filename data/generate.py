@@ -10,14 +10,15 @@ Writes the world's data sets under out/data/, seeded and deterministic:
   sft_val.jsonl        held-out demonstrations, for SFT's validation loss
   rm_prompts.jsonl     prompts for comparison collection (the reward model's data)
   ppo_prompts.jsonl    prompts for PPO
-  val_prompts.jsonl    validation prompts in the trained phrasings, never trained on: tune here
-  eval_prompts.jsonl   held-out evaluation prompts
+  val_prompts.jsonl    validation prompts, made as the evaluation prompts are: tune here
+  eval_prompts.jsonl   held-out evaluation prompts, a third in the held-out phrasings
   tokenizer.tiktoken   the BPE trained on all of the above
 
 No question of the evaluation or validation prompts is asked by a training set, not even
 with another greeting or phrasing (question_pools), except the animals' diets, which are
 knowledge every set asks about. The held-out phrasing of each family
-(the last template in world.TEMPLATES) appears only in pretrain.txt and eval_prompts.jsonl.
+(the last template in world.TEMPLATES) appears only in pretrain.txt and the evaluation and
+validation prompts.
 
 Run: python -m data.generate            (about half a minute on a 2-core CPU)
 """
@@ -43,7 +44,7 @@ class Config:
     n_sft_val: int = 200
     n_rm: int = 8000             # prompts whose samples the labelers rank (the paper: 33k to 13k SFT)
     n_ppo: int = 1500
-    n_val: int = 240             # validation prompts of the training distribution, for tuning
+    n_val: int = 240             # validation prompts, made as the evaluation prompts, for tuning
     n_eval: int = 240            # 40 per family, a third in the held-out phrasing
     terse_share: float = 0.5     # demonstrations written tersely ("12.", "Oslo.") or summarising
                                  # briefly (a fact left out), see demonstration()
@@ -216,7 +217,7 @@ def prompt_sets(cfg):
             family = (rng.choice(world.FAMILIES) if demos
                       else world.FAMILIES[len(rows) % len(world.FAMILIES)])
             n_templates = len(world.TEMPLATES[family])
-            if phrasing == "any":   # eval: a third in the held-out phrasing
+            if phrasing == "any":   # eval and val: a third in the held-out phrasing
                 tid = n_templates - 1 if rng.random() < 1 / 3 else rng.randrange(n_templates - 1)
             else:
                 tid = rng.randrange(n_templates - 1)
@@ -234,7 +235,9 @@ def prompt_sets(cfg):
     sets["sft"] = draw("sft", cfg.n_sft + cfg.n_sft_val, "train", "trained", demos=True)
     for name, n in (("rm", cfg.n_rm), ("ppo", cfg.n_ppo)):
         sets[name] = draw(name, n, "train", "trained")
-    sets["val"] = draw("val", cfg.n_val, "val", "trained")
+    # validation is made as evaluation is, phrasings held out from training included, so
+    # that what is tuned there is what evaluation measures (its questions are its own)
+    sets["val"] = draw("val", cfg.n_val, "val", "any")
     return sets
 
 

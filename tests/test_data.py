@@ -484,10 +484,12 @@ def test_held_out_phrasing(data_dir):
         for prompt in read_prompts(data_dir, name):
             family, tid, _ = world.parse(prompt)
             assert tid != HELD_OUT[family], prompt
-    # every family's held-out phrasing is in the evaluation prompts and the forum threads
-    in_eval = {world.parse(p)[0] for p in read_prompts(data_dir, "eval_prompts.jsonl")
-               if world.parse(p)[1] == HELD_OUT[world.parse(p)[0]]}
-    assert in_eval == set(world.FAMILIES)
+    # every family's held-out phrasing is in the evaluation and validation prompts (which
+    # are made alike, so that tuning sees what evaluation measures) and the forum threads
+    for name in ("eval_prompts.jsonl", "val_prompts.jsonl"):
+        held_out = {world.parse(p)[0] for p in read_prompts(data_dir, name)
+                    if world.parse(p)[1] == HELD_OUT[world.parse(p)[0]]}
+        assert held_out == set(world.FAMILIES), name
     corpus = (data_dir / "pretrain.txt").read_text()
     threads = re.findall(r"User: (.*?)\nAssistant:", corpus, re.S)
     assert threads
