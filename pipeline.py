@@ -169,14 +169,15 @@ def main(argv):
             if name not in to_run:
                 continue
             lanes = [[n for n in lane if n in to_run] for lane in LANES] if threads else []
-            if name in sum(lanes, []) and all(lanes):  # both lanes have work: run them side by side
-                mark_unfinished(sum(lanes, []))
+            lane_stages = [n for lane in lanes for n in lane]
+            if name in lane_stages and all(lanes):  # both lanes have work: run them side by side
+                mark_unfinished(lane_stages)
                 with ThreadPoolExecutor(len(lanes)) as pool:
                     failed = [n for n in pool.map(lambda lane: run_lane(lane, to_run, threads), lanes) if n]
                 if failed:
                     raise SystemExit(f"error: stage {' and '.join(failed)} failed; fix it and run "
                                      "python pipeline.py, which runs the lanes again, and every later stage")
-                for n in sum(lanes, []):
+                for n in lane_stages:
                     del to_run[n]
                 continue
             mark_unfinished([name])
