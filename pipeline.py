@@ -163,7 +163,7 @@ def main(argv):
         changed = True
 
     threads = threads_per_lane(device, jobs)
-    t_start = time.time()
+    t_start, running = time.time(), []
     try:
         for name, _, _ in STAGES:
             if name not in to_run:
@@ -171,7 +171,8 @@ def main(argv):
             lanes = [[n for n in lane if n in to_run] for lane in LANES] if threads else []
             lane_stages = [n for lane in lanes for n in lane]
             if name in lane_stages and all(lanes):  # both lanes have work: run them side by side
-                mark_unfinished(lane_stages)
+                running = lane_stages
+                mark_unfinished(running)
                 with ThreadPoolExecutor(len(lanes)) as pool:
                     failed = [n for n in pool.map(lambda lane: run_lane(lane, to_run, threads), lanes) if n]
                 if failed:
@@ -180,13 +181,14 @@ def main(argv):
                 for n in lane_stages:
                     del to_run[n]
                 continue
-            mark_unfinished([name])
+            running = [name]
+            mark_unfinished(running)
             if run_stage(*to_run[name]) != 0:
                 raise SystemExit(f"error: stage {name} failed; fix it and run python pipeline.py, "
                                  "which runs it again, with every later stage")
     except KeyboardInterrupt:
-        raise SystemExit("\ninterrupted; python pipeline.py runs the unfinished stage again, "
-                         "with every later stage") from None
+        raise SystemExit(f"\ninterrupted during stage {' and '.join(running)}; python pipeline.py "
+                         "runs it again, with every later stage") from None
     if os.path.exists(UNFINISHED):
         os.remove(UNFINISHED)
     print(f"\npipeline finished in {(time.time() - t_start) / 60:.1f} min")

@@ -18,7 +18,6 @@ from checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 import common  # noqa: E402
 import dpo  # noqa: E402
 import evaluate  # noqa: E402
-import pipeline  # noqa: E402
 from common import ConfigError, check_options, parse_config  # noqa: E402
 from data import generate, world  # noqa: E402
 from data.chat import row_check  # noqa: E402
@@ -261,45 +260,6 @@ def test_a_checkpoint_of_the_wrong_kind_is_named(tiny, tmp_path):
     torch.save(ckpt, str(tmp_path / "odd.pt"))
     with pytest.raises(ValueError, match="odd.pt: its model_config cannot build a model: n_embd 32"):
         load_checkpoint(str(tmp_path / "odd.pt"))
-
-
-# -----------------------------------------------------------------------------
-# interrupted work is never taken for finished
-
-def fake_stage(name):
-    """A stage that notes that it ran, fails where a file fail_NAME exists, and else makes
-    out/NAME: the pipeline's bookkeeping without the minutes of training."""
-    code = (f"import os, sys; open('ran', 'a').write('{name} '); "
-            f"os.path.exists('fail_{name}') and sys.exit(1); open('out/{name}', 'w').write('x')")
-    return name, ["-c", code], f"out/{name}"
-
-
-def test_the_pipeline_reruns_a_stage_that_did_not_finish(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(pipeline, "STAGES", [fake_stage(n) for n in ("data", "pretrain", "sft")])
-    ran = lambda: (tmp_path / "ran").read_text().split()  # noqa: E731
-
-    def run_pipeline(*argv):
-        (tmp_path / "ran").write_text("")
-        pipeline.main(list(argv))
-        return ran()
-
-    assert run_pipeline() == ["data", "pretrain", "sft"]
-    (tmp_path / "fail_pretrain").touch()  # --redo=data, then pretraining stops half-way
-    with pytest.raises(SystemExit, match="stage pretrain failed"):
-        run_pipeline("--redo=data")
-    assert ran() == ["data", "pretrain"] and (tmp_path / "out" / "sft").exists()
-    (tmp_path / "fail_pretrain").unlink()
-    assert run_pipeline() == ["pretrain", "sft"]  # out/pretrain and out/sft are stale
-    assert run_pipeline() == []
-    assert not (tmp_path / pipeline.UNFINISHED).exists()
-
-    def ctrl_c(*args, **kwargs):
-        raise KeyboardInterrupt
-    with monkeypatch.context() as m, pytest.raises(SystemExit, match="interrupted during stage sft"):
-        m.setattr(pipeline.subprocess, "run", ctrl_c)
-        run_pipeline("--redo=sft")
-    assert run_pipeline() == ["sft"]
 
 
 # -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""pipeline.py's bookkeeping, on stand-in stages that only write their output file: which
-stages run, the two lanes, and what a failed stage leaves for the next run. CPU only."""
+"""pipeline.py's bookkeeping, on stand-in stages that only note that they ran and write
+their output file: which stages run, the two lanes, and what a failed or interrupted stage
+leaves for the next run (it is never taken for finished). CPU only."""
 
 import os
 import sys
@@ -10,69 +11,95 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pipeline  # noqa: E402
 
 
-def stand_in(name, fail=False):
-    """A stage that appends its name to out/ran.txt, then writes out/NAME or fails."""
-    code = f"open('out/ran.txt', 'a').write('{name}\\n'); " + (
-        "raise SystemExit(3)" if fail else f"open('out/{name}', 'w').write('done')")
-    return (name, ["-c", code], f"out/{name}")
+def fake_stage(name):
+    """A stage that notes that it ran, fails where a file fail_NAME exists, and else makes
+    out/NAME: the pipeline's bookkeeping without the minutes of training."""
+    code = (f"import os, sys; open('ran', 'a').write('{name} '); "
+            f"os.path.exists('fail_{name}') and sys.exit(1); open('out/{name}', 'w').write('x')")
+    return name, ["-c", code], f"out/{name}"
 
+
+def ran():
+    with open("ran") as f:
+        return f.read().split()
+
+
+def run_pipeline(*argv):
+    with open("ran", "w"):
+        pass
+    pipeline.main(list(argv))
+    return ran()
+
+
+def test_the_pipeline_reruns_a_stage_that_did_not_finish(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline, "STAGES", [fake_stage(n) for n in ("data", "pretrain", "sft")])
+    assert run_pipeline() == ["data", "pretrain", "sft"]
+    (tmp_path / "fail_pretrain").touch()  # --redo=data, then pretraining stops half-way
+    with pytest.raises(SystemExit, match="stage pretrain failed"):
+        run_pipeline("--redo=data")
+    assert ran() == ["data", "pretrain"] and (tmp_path / "out" / "sft").exists()
+    (tmp_path / "fail_pretrain").unlink()
+    assert run_pipeline() == ["pretrain", "sft"]  # out/pretrain and out/sft are stale
+    assert run_pipeline() == []
+    assert not (tmp_path / pipeline.UNFINISHED).exists()
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m, pytest.raises(SystemExit, match="interrupted during stage sft"):
+        m.setattr(pipeline.subprocess, "run", ctrl_c)
+        run_pipeline("--redo=sft")
+    assert run_pipeline() == ["sft"]
+
+
+# -----------------------------------------------------------------------------
+# the two lanes
 
 @pytest.fixture
-def stages(tmp_path, monkeypatch):
-    """Six stand-in stages, the middle four in two lanes; run in a fresh directory."""
+def laned(tmp_path, monkeypatch):
+    """Six stand-in stages, the middle four in two lanes (a1 then a2 beside b1 then b2),
+    lanes on as on a CPU; run in a fresh directory."""
     monkeypatch.chdir(tmp_path)
-    os.makedirs("out")
     names = ["first", "a1", "a2", "b1", "b2", "last"]
-    monkeypatch.setattr(pipeline, "STAGES", [stand_in(n) for n in names])
+    monkeypatch.setattr(pipeline, "STAGES", [fake_stage(n) for n in names])
     monkeypatch.setattr(pipeline, "LANES", [["a1", "a2"], ["b1", "b2"]])
     monkeypatch.setattr(pipeline, "threads_per_lane", lambda device, jobs: 1 if jobs == 2 else None)
     return names
 
 
-def ran():
-    with open("out/ran.txt") as f:
-        return f.read().split()
-
-
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_runs_every_stage_once_and_clears_the_mark(stages, jobs):
-    pipeline.main([f"--jobs={jobs}"])
-    assert sorted(ran()) == sorted(stages)
-    assert ran()[0] == "first" and ran()[-1] == "last"  # the lanes run between them
-    if jobs == "2":  # each lane runs its stages in turn
-        assert ran().index("a1") < ran().index("a2") and ran().index("b1") < ran().index("b2")
+def test_every_stage_runs_once_and_the_mark_is_cleared(laned, jobs):
+    order = run_pipeline(f"--jobs={jobs}")
+    assert sorted(order) == sorted(laned)
+    assert order[0] == "first" and order[-1] == "last"  # the lanes run between them
+    if jobs == "2":  # each lane runs its stages in turn, its output in a log
+        assert order.index("a1") < order.index("a2") and order.index("b1") < order.index("b2")
         assert os.path.exists("out/logs/a1.log")
     else:
-        assert ran() == stages
+        assert order == laned
     assert not os.path.exists(pipeline.UNFINISHED)
-    os.remove("out/ran.txt")
-    pipeline.main([f"--jobs={jobs}"])  # everything exists: nothing runs
-    assert not os.path.exists("out/ran.txt")
+    assert run_pipeline(f"--jobs={jobs}") == []  # everything exists: nothing runs
 
 
-def test_redo_runs_the_stage_and_every_later_one(stages):
-    pipeline.main([])
-    os.remove("out/ran.txt")
-    pipeline.main(["--redo=b2"])
-    assert ran() == ["b2", "last"]  # one lane has work: it runs alone
+def test_redo_runs_the_stage_and_every_later_one(laned):
+    run_pipeline()
+    assert run_pipeline("--redo=b2") == ["b2", "last"]  # one lane has work: it runs alone
 
 
-def test_a_failed_lane_stage_is_run_again(stages, monkeypatch):
-    pipeline.STAGES[3] = stand_in("b1", fail=True)
-    with pytest.raises(SystemExit, match="b1 failed"):
-        pipeline.main([])
-    assert "last" not in ran() and not os.path.exists("out/last")
+def test_a_failed_lane_stage_is_run_again(laned, tmp_path):
+    (tmp_path / "fail_b1").touch()
+    with pytest.raises(SystemExit, match="stage b1 failed"):
+        run_pipeline()
+    assert "last" not in ran() and "b2" not in ran()  # its lane stopped at b1
+    assert {"a1", "a2"} <= set(ran())  # the other lane went on
     assert "b1" in open(pipeline.UNFINISHED).read().split()
-    assert not os.path.exists("out/logs/b2.log")  # its lane stopped at b1
-    pipeline.STAGES[3] = stand_in("b1")
-    os.remove("out/ran.txt")
-    pipeline.main([])
-    # every lane stage runs again (a1 came first in the order and was marked too), then the rest
-    assert sorted(ran()) == sorted(stages[1:])
+    (tmp_path / "fail_b1").unlink()
+    # every lane stage runs again (a1 comes first and was marked too), then the rest
+    assert sorted(run_pipeline()) == sorted(laned[1:])
     assert not os.path.exists(pipeline.UNFINISHED)
 
 
-def test_bad_arguments_are_named(stages):
+def test_bad_arguments_are_named(laned):
     with pytest.raises(SystemExit, match="unknown stage nope"):
         pipeline.main(["--redo=nope"])
     with pytest.raises(SystemExit, match="--jobs=3"):
