@@ -18,7 +18,8 @@ Six task families (InstructGPT's prompt categories, shrunk):
   rude      "Insult Tom."        a polite refusal is the good answer (harmlessness)
 
 Each family has several phrasings; the last one is held out: it appears in the pretraining
-text and the evaluation and validation prompts but never in the SFT, reward-model or PPO prompts.
+text and the evaluation and validation prompts, but never in the SFT, reward-model or PPO
+prompts.
 
 The gold labeler, `score(prompt, response)`, parses the prompt back into what it asks
 (every prompt of the world can be parsed) and checks the response. A response that the
