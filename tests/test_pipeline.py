@@ -104,3 +104,12 @@ def test_bad_arguments_are_named(laned):
         pipeline.main(["--redo=nope"])
     with pytest.raises(SystemExit, match="--jobs=3"):
         pipeline.main(["--jobs=3"])
+
+
+def test_lanes_only_on_a_cpu_with_threads_to_share(monkeypatch):
+    monkeypatch.setattr(pipeline.torch, "get_num_threads", lambda: 4)
+    assert pipeline.threads_per_lane("cpu", 2) == 2
+    assert pipeline.threads_per_lane("cpu", 1) is None  # --jobs=1
+    assert pipeline.threads_per_lane("cuda", 2) is None  # the lanes would queue for one GPU
+    monkeypatch.setattr(pipeline.torch, "get_num_threads", lambda: 1)
+    assert pipeline.threads_per_lane("cpu", 2) is None
