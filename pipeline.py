@@ -102,7 +102,7 @@ def run_stage(i, name, args, threads=None):
     """One stage as its own process: in this terminal, or with `threads` (a lane) in
     out/logs/NAME.log with OMP_NUM_THREADS set. Returns its exit status."""
     print(f"\n[{i}/{len(STAGES)}] {name}: python {' '.join(args)}"
-          + (f"  ({threads} thread{'s' * (threads > 1)}, output in {LOG_DIR}/{name}.log)" if threads else ""),
+          + (f"  (OMP_NUM_THREADS={threads}, output in {LOG_DIR}/{name}.log)" if threads else ""),
           flush=True)
     t0 = time.time()
     if threads is None:
@@ -164,23 +164,23 @@ def main(argv):
         changed = True
 
     threads = threads_per_lane(device, jobs)
-    t_start, running = time.time(), []
+    lanes = [[n for n in lane if n in to_run] for lane in LANES]
+    if threads is None or not all(lanes):  # side by side only where both lanes have work
+        lanes = []
+    lane_stages = [n for lane in lanes for n in lane]
+    t_start, running, lanes_done = time.time(), [], False
     try:
-        for name, _, _ in STAGES:
-            if name not in to_run:
-                continue
-            lanes = [[n for n in lane if n in to_run] for lane in LANES] if threads else []
-            lane_stages = [n for lane in lanes for n in lane]
-            if name in lane_stages and all(lanes):  # both lanes have work: run them side by side
-                running = lane_stages
-                mark_unfinished(running)
-                with ThreadPoolExecutor(len(lanes)) as pool:
-                    failed = [n for n in pool.map(lambda lane: run_lane(lane, to_run, threads), lanes) if n]
-                if failed:
-                    raise SystemExit(f"error: stage {' and '.join(failed)} failed; fix it and run "
-                                     "python pipeline.py, which runs the lanes again, and every later stage")
-                for n in lane_stages:
-                    del to_run[n]
+        for name in to_run:
+            if name in lane_stages:  # the first of them starts both lanes; the rest ran there
+                if not lanes_done:
+                    running = lane_stages
+                    mark_unfinished(running)
+                    with ThreadPoolExecutor(len(lanes)) as pool:
+                        failed = [n for n in pool.map(lambda lane: run_lane(lane, to_run, threads), lanes) if n]
+                    if failed:
+                        raise SystemExit(f"error: stage {' and '.join(failed)} failed; fix it and run "
+                                         "python pipeline.py, which runs the lanes again, and every later stage")
+                    lanes_done = True
                 continue
             running = [name]
             mark_unfinished(running)
