@@ -258,6 +258,7 @@ def make_world(tmp_path, nan_reward=False):
 
 def test_end_to_end_raises_reward_model_score(tmp_path, monkeypatch):
     cfg = make_world(tmp_path)
+    cfg.iters = 20  # the score starts to rise after about a dozen iterations
     monkeypatch.chdir(tmp_path)  # out="" saves under ./out/
     history = main(cfg)
     scores = [h["score"] for h in history]
