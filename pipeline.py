@@ -5,7 +5,7 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   2. pretrain    python pretrain.py         the base model ("GPT-3")
   3. sft         python sft.py              supervised fine-tuning on demonstrations
   4. compare     python -m data.collect     SFT samples ranked by the simulated labelers
-  5. reward_r1   python reward.py           a first reward model, from the first 4,000 of them
+  5. reward_r1   python reward.py           a first reward model, from them
   6. ppo_r1      python ppo.py              a first, short PPO run against it
   7. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
   8. reward      python reward.py           the reward model, from both rounds of comparisons
@@ -27,26 +27,28 @@ run again by the next `python pipeline.py`, with every stage after it: out/pipel
 names it until the last stage is done. --device=cuda (or cpu, mps) is passed on;
 --seed=N goes to data.generate and makes another world (run it in a fresh out/).
 
-On a CPU, stages 9 to 12 need only what came before them, not each other, so they run in
-two lanes side by side (LANES), each process with half the threads, their output in
-out/logs/STAGE.log; --jobs=1 runs them one after another, as everything else.
+On a CPU, stages 8 to 12 run in two lanes side by side (LANES), each process with half the
+threads, their output in out/logs/STAGE.log: the reward model, then PPO-ptx and best-of-N,
+beside DPO, then plain PPO once the reward model is there; --jobs=1 runs them one after
+another, as everything else.
 
 Run:  python pipeline.py
 """
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-# the second round: the first PPO policy's samples on this many reward-model prompts (it
-# needs only as long as PPO takes to find what the first reward model overrates, and a
-# looser KL penalty, so that it finds it). The first reward model, which only has to show
-# the labelers what that PPO run finds, learns from the first ROUND1_RANKINGS rankings of
-# the first round; the reward model learns from all of them.
-ROUND1_RANKINGS, ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 4000, 40, 0.1, 2000
+# the second round: the first PPO policy's samples on this many reward-model prompts. The
+# first reward model learns from the whole first round, and the first PPO run uses the same
+# KL coefficient as the last ones (ppo.py's beta), so that it finds what the last PPO runs
+# would find to please a reward model that has seen SFT samples only: the labelers rank
+# that too, and the reward model learns from both rounds.
+ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 40, 0.2, 2000
 COMPARISONS = "out/comparisons.jsonl,out/comparisons_r2.jsonl"
 
 STAGES = [  # name, command, the file it makes
@@ -54,8 +56,7 @@ STAGES = [  # name, command, the file it makes
     ("pretrain", ["pretrain.py"], "out/pretrain.pt"),
     ("sft", ["sft.py"], "out/sft.pt"),
     ("compare", ["-m", "data.collect"], "out/comparisons.jsonl"),
-    ("reward_r1", ["reward.py", f"--n_rankings={ROUND1_RANKINGS}", "--out=out/reward_r1.pt"],
-     "out/reward_r1.pt"),
+    ("reward_r1", ["reward.py", "--out=out/reward_r1.pt"], "out/reward_r1.pt"),
     ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND1_ITERS}",
                 f"--beta={ROUND1_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
     ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",
@@ -71,10 +72,10 @@ STAGES = [  # name, command, the file it makes
 # lanes run side by side, each its stages in turn, each process with half the threads. The
 # small matrix products of these models keep one thread busier than two, so on a 2-core
 # machine two 1-thread processes train 1.5 times, and sample twice, as fast as one 2-thread
-# process. PPO-ptx, the longest stage, runs beside PPO; on a 2-core machine the lanes took
-# 329 s and 442 s. With 80 PPO iterations they took 241 s and 341 s, where the four stages
-# one after another took 426 s.
-LANES = [["ppo_ptx", "bestofn"], ["ppo", "dpo"]]
+# process. DPO needs only the comparisons, so it trains beside the reward model; plain PPO
+# needs the reward model too, so it waits for it (WAITS_FOR) if DPO finishes first.
+LANES = [["reward", "ppo_ptx", "bestofn"], ["dpo", "ppo"]]
+WAITS_FOR = {"ppo": "reward"}  # a stage -> the stage of the other lane that it needs
 LOG_DIR = "out/logs"
 # the stages that have started and not yet finished, one per line: written before a stage
 # starts, removed after the last, so a stage that failed or was killed is never taken for
@@ -121,10 +122,23 @@ def run_stage(i, name, args, threads=None):
     return returncode
 
 
-def run_lane(lane, to_run, threads):
-    """A lane's stages in turn, until one fails: returns its name, or None."""
+def run_lane(lane, to_run, threads, ended, ok):
+    """A lane's stages in turn, until one fails: returns its name, or None. ended: an Event
+    for each stage of the lanes, set when it has ended; ok: its outcome. A stage that needs
+    a stage of the other lane (WAITS_FOR) waits for it, and does not start if it failed
+    (the other lane names that one)."""
     for name in lane:
-        if run_stage(*to_run[name], threads) != 0:
+        needed = WAITS_FOR.get(name)
+        if needed in ended:
+            ended[needed].wait()
+            if not ok[needed]:
+                return None
+        ok[name] = False
+        try:
+            ok[name] = run_stage(*to_run[name], threads) == 0
+        finally:
+            ended[name].set()
+        if not ok[name]:
             return name
     return None
 
@@ -176,8 +190,10 @@ def main(argv):
                 if not lanes_done:
                     running = lane_stages
                     mark_unfinished(running)
+                    ended, ok = {n: threading.Event() for n in lane_stages}, {}
                     with ThreadPoolExecutor(len(lanes)) as pool:
-                        failed = [n for n in pool.map(lambda lane: run_lane(lane, to_run, threads), lanes) if n]
+                        failed = [n for n in pool.map(lambda lane: run_lane(lane, to_run, threads, ended, ok),
+                                                      lanes) if n]
                     if failed:
                         raise SystemExit(f"error: stage {' and '.join(failed)} failed; fix it and run "
                                          "python pipeline.py, which runs the lanes again, and every later stage")

@@ -99,6 +99,21 @@ def test_a_failed_lane_stage_is_run_again(laned, tmp_path):
     assert not os.path.exists(pipeline.UNFINISHED)
 
 
+def test_a_stage_waits_for_the_stage_of_the_other_lane_it_needs(laned, tmp_path, monkeypatch):
+    # a1 takes a while and notes itself when it ends; b2 needs it, b1 does not
+    slow_a1 = ("a1", ["-c", "import os, sys, time; time.sleep(1); "
+                      "os.path.exists('fail_a1') and sys.exit(1); "
+                      "open('ran', 'a').write('a1 '); open('out/a1', 'w').write('x')"], "out/a1")
+    monkeypatch.setattr(pipeline, "STAGES", [slow_a1 if n == "a1" else fake_stage(n) for n in laned])
+    monkeypatch.setattr(pipeline, "WAITS_FOR", {"b2": "a1"})
+    order = run_pipeline()
+    assert order.index("b1") < order.index("a1") < order.index("b2")
+    (tmp_path / "fail_a1").touch()  # what b2 needs fails: b2 never starts
+    with pytest.raises(SystemExit, match="stage a1 failed"):
+        run_pipeline("--redo=a1")
+    assert ran() == ["b1"]
+
+
 def test_bad_arguments_are_named(laned):
     with pytest.raises(SystemExit, match="unknown stage nope"):
         pipeline.main(["--redo=nope"])
