@@ -5,7 +5,7 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   2. pretrain    python pretrain.py         the base model ("GPT-3")
   3. sft         python sft.py              supervised fine-tuning on demonstrations
   4. compare     python -m data.collect     SFT samples ranked by the simulated labelers
-  5. reward_r1   python reward.py           a first reward model, from them
+  5. reward_r1   python reward.py           a first reward model, from the first 4,000 of them
   6. ppo_r1      python ppo.py              a first, short PPO run against it
   7. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
   8. reward      python reward.py           the reward model, from both rounds of comparisons
@@ -43,12 +43,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-# the second round: the first PPO policy's samples on this many reward-model prompts. The
-# first reward model learns from the whole first round, and the first PPO run uses the same
-# KL coefficient as the last ones (ppo.py's beta), so that it finds what the last PPO runs
-# would find to please a reward model that has seen SFT samples only: the labelers rank
-# that too, and the reward model learns from both rounds.
-ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 40, 0.2, 2000
+# the second round: the first PPO policy's samples on this many reward-model prompts (it
+# needs only as long as PPO takes to find what the first reward model overrates, and a
+# looser KL penalty, so that it finds it). The first reward model, which only has to show
+# the labelers what that PPO run finds, learns from the first ROUND1_RANKINGS rankings of
+# the first round; the reward model learns from all of them.
+ROUND1_RANKINGS, ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 4000, 40, 0.1, 2000
 COMPARISONS = "out/comparisons.jsonl,out/comparisons_r2.jsonl"
 
 STAGES = [  # name, command, the file it makes
@@ -56,7 +56,8 @@ STAGES = [  # name, command, the file it makes
     ("pretrain", ["pretrain.py"], "out/pretrain.pt"),
     ("sft", ["sft.py"], "out/sft.pt"),
     ("compare", ["-m", "data.collect"], "out/comparisons.jsonl"),
-    ("reward_r1", ["reward.py", "--out=out/reward_r1.pt"], "out/reward_r1.pt"),
+    ("reward_r1", ["reward.py", f"--n_rankings={ROUND1_RANKINGS}", "--out=out/reward_r1.pt"],
+     "out/reward_r1.pt"),
     ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND1_ITERS}",
                 f"--beta={ROUND1_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
     ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",
