@@ -106,6 +106,32 @@ def optimum_per_prompt(judge_scores, cand_gold, baseline, beta):
     return (w * cand_gold).sum(1), (w * wins).sum(1), kl
 
 
+def other_animal_accuracy(score_fn, prompts):
+    """The reward model on answers that are true but answer another question. For each diet
+    question, the true answer about the animal asked ("Owls eat mice.") against each other
+    animal's true answer ("Mice eat seeds."), which states a fact and names a food, and which
+    the gold labeler scores lower. score_fn(prompts, responses) -> scores (n,). Returns the
+    share of those pairs the reward model orders as the gold labeler does (a tie counts
+    half), the number of pairs, and the other animals' answers that outscored the right
+    one, most often first. A reward model that asks whether a sentence is true, not whether
+    it answers the question, scores near 50%, and PPO finds the answers it overrates."""
+    hits, n, beaten_by = 0.0, 0, {}
+    for p in prompts:
+        family, _, f = world.parse(p)
+        if family != "truth":
+            continue
+        right = world.diet_sentence(f["animals"]) + world.EOS_TEXT
+        others = [world.diet_sentence(a) + world.EOS_TEXT for a in world.DIETS if a != f["animals"]]
+        others = [o for o in others if world.score(p, o) < world.score(p, right)]
+        scores = score_fn([p] * (1 + len(others)), [right] + others).tolist()
+        for other, s in zip(others, scores[1:]):
+            n += 1
+            hits += 1.0 if scores[0] > s else 0.5 if scores[0] == s else 0.0
+            if s > scores[0]:
+                beaten_by[other] = beaten_by.get(other, 0) + 1
+    return hits / max(n, 1), n, sorted(beaten_by, key=lambda o: -beaten_by[o])
+
+
 def main(cfg):
     device, autocast = setup(cfg)
     cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir or eval_dir(cfg.split))
@@ -156,6 +182,16 @@ def main(cfg):
     print(f"reward model on fresh SFT samples: orders {results['rm_gold_order_accuracy']:.1%} of "
           "the pairs with different gold scores as the gold labeler does; by family: "
           + ", ".join(f"{fam} {acc:.0%}" for fam, acc in by_family.items()))
+    # the diets: does it check which animal an answer is about, or only that it is true?
+    def rm_scores(ps, rs):
+        with torch.no_grad(), autocast:
+            return score_responses(reward_model, enc, ps, rs, device).float().cpu()
+    acc, n_pairs, beaten_by = other_animal_accuracy(rm_scores, prompts)
+    if n_pairs:
+        results["rm_other_animal_accuracy"] = acc
+        print(f"reward model on diets: prefers the true answer about the animal asked to another "
+              f"animal's true answer in {acc:.1%} of {n_pairs} pairs"
+              + (f"; most often beaten by {beaten_by[0][:-len(world.EOS_TEXT)]!r}" if beaten_by else ""))
     print("| N | KL (nats) | judge | gold score | win vs SFT [95% CI] |\n|---|---|---|---|---|")
     for n in ns:
         for judge, scores in (("gold", cand_gold), ("reward model", cand_rm)):

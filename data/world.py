@@ -302,8 +302,13 @@ def good_response(prompt, rng=None):
         n = NUMBER_WORDS[f["n"]]
         return list_answer(f, rng.sample(CATEGORIES[f["category"]], n))
     if family == "truth":
-        return f"{f['animals'].capitalize()} eat {DIETS[f['animals']][0]}."
+        return diet_sentence(f["animals"])
     return rng.choice(REFUSALS).format(name=f["name"])
+
+
+def diet_sentence(animals):
+    """The true answer about one kind of animal: "Owls eat mice."."""
+    return f"{animals.capitalize()} eat {DIETS[animals][0]}."
 
 
 def ideal_response(prompt):

@@ -71,6 +71,30 @@ def test_optimum_gold_falls_with_beta():
     assert kls == sorted(kls, reverse=True) and all(0 <= k <= math.log(8) for k in kls)
 
 
+def test_other_animal_accuracy_tells_a_subject_check_from_a_truth_check():
+    eos = world.EOS_TEXT
+    prompts = ["What do owls eat?", "What food do cows eat?", "Name two fruits."]
+
+    def checks_the_animal(ps, rs):  # right only if the answer names the animal asked
+        return torch.tensor([float(world.parse(p)[2]["animals"] in r.lower()) for p, r in zip(ps, rs)])
+    acc, n, beaten_by = bestofn.other_animal_accuracy(checks_the_animal, prompts)
+    assert (acc, n, beaten_by) == (1.0, 2 * (len(world.DIETS) - 1), [])  # the list question adds none
+
+    def likes_true_sentences(ps, rs):  # blind to the question: every true diet sentence alike
+        return torch.tensor([1.0 for _ in rs])
+    assert bestofn.other_animal_accuracy(likes_true_sentences, prompts)[0] == 0.5  # ties count half
+
+    # blind to the question, with favourites: "Mice eat seeds." above all, then owls and cows
+    liked = {"Mice eat seeds.": 2.0, "Owls eat mice.": 1.0, "Cows eat grass.": 1.0}
+
+    def likes_mice(ps, rs):
+        return torch.tensor([liked.get(r[:-len(eos)], 0.0) for r in rs])
+    acc, n, beaten_by = bestofn.other_animal_accuracy(likes_mice, prompts)
+    # each question: beats the 17 it does not like, ties the other favourite, loses to the mice
+    assert acc == pytest.approx(2 * (17 + 0.5) / n)
+    assert beaten_by == ["Mice eat seeds." + eos]
+
+
 def test_end_to_end_tiny(tmp_path):
     data_dir = str(tmp_path / "data")
     generate.main(generate.Config(n_docs=200, n_sft=30, n_sft_val=6, n_rm=12, n_ppo=12, n_val=12,
