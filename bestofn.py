@@ -7,7 +7,9 @@ model sees. Best-of-N moves the policy by a known amount: its KL to the SFT mode
 log N - (N - 1) / N nats (Stiennon et al. 2020, appendix), whatever the task.
 
 It also measures the reward model where PPO uses it: on fresh SFT samples, the share of
-pairs with different gold scores that it orders as the gold labeler does.
+pairs with different gold scores that it orders as the gold labeler does; and on the diet
+questions, whether it prefers the true answer about the animal asked to another animal's
+true answer, an answer SFT rarely gives and PPO finds when the reward model overrates it.
 
 And it shows the ceiling of PPO at each KL coefficient beta. The policy that maximises
 E[r] - beta * KL(pi || pi_SFT), the objective of InstructGPT eq. 2 without the ptx term,
