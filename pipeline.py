@@ -75,8 +75,8 @@ STAGES = [  # name, command, the file it makes
 # machine two 1-thread processes train 1.5 times, and sample twice, as fast as one 2-thread
 # process. DPO needs only the comparisons, so it trains beside the reward model; plain PPO
 # and best-of-N need the reward model too, so they wait for it (WAITS_FOR) if DPO finishes
-# first. On a 2-core machine the reward model took 159 s and PPO-ptx 228 s, beside DPO
-# 152 s, plain PPO 180 s and best-of-N 17 s.
+# first. On a 2-core machine the reward model took 148 s and PPO-ptx 206 s, beside DPO
+# 143 s, plain PPO 165 s and best-of-N 15 s.
 LANES = [["reward", "ppo_ptx"], ["dpo", "ppo", "bestofn"]]
 WAITS_FOR = {"ppo": "reward", "bestofn": "reward"}  # a stage -> the stage of the other lane it needs
 LOG_DIR = "out/logs"
