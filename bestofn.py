@@ -24,7 +24,7 @@ samples 1..N are the candidates, so the baseline never competes against itself.
 
 Run:
   python bestofn.py                   # the evaluation prompts, N = 1, 4, 16, and the optimum
-                                      # at beta = 0.1, 0.3, 1; ~1 min on a CPU
+                                      # at beta = 0.1, 0.3, 1; under a minute on a CPU
   python bestofn.py --split=val       # a validation split of training prompts: tune here
 Writes out/eval/bestofn_eval.json (out/eval_val/bestofn_val.json with --split=val).
 
@@ -114,9 +114,10 @@ def other_animal_accuracy(score_fn, prompts):
     animal's true answer ("Mice eat seeds."), which states a fact and names a food, and which
     the gold labeler scores lower. score_fn(prompts, responses) -> scores (n,). Returns the
     share of those pairs the reward model orders as the gold labeler does (a tie counts
-    half), the number of pairs, and the other animals' answers that outscored the right
-    one, most often first. A reward model that asks whether a sentence is true, not whether
-    it answers the question, scores near 50%, and PPO finds the answers it overrates."""
+    half; nan without a diet question), the number of pairs, and the other animals' answers
+    that outscored the right one, most often first. A reward model that asks whether a
+    sentence is true, not whether it answers the question, scores near 50%, and PPO finds
+    the answers it overrates."""
     hits, n, beaten_by = 0.0, 0, {}
     for p in prompts:
         family, _, f = world.parse(p)
@@ -124,14 +125,13 @@ def other_animal_accuracy(score_fn, prompts):
             continue
         right = world.diet_sentence(f["animals"]) + world.EOS_TEXT
         others = [world.diet_sentence(a) + world.EOS_TEXT for a in world.DIETS if a != f["animals"]]
-        others = [o for o in others if world.score(p, o) < world.score(p, right)]
         scores = score_fn([p] * (1 + len(others)), [right] + others).tolist()
         for other, s in zip(others, scores[1:]):
             n += 1
             hits += 1.0 if scores[0] > s else 0.5 if scores[0] == s else 0.0
             if s > scores[0]:
                 beaten_by[other] = beaten_by.get(other, 0) + 1
-    return hits / max(n, 1), n, sorted(beaten_by, key=lambda o: -beaten_by[o])
+    return (hits / n if n else float("nan")), n, sorted(beaten_by, key=lambda o: -beaten_by[o])
 
 
 def main(cfg):
@@ -185,15 +185,15 @@ def main(cfg):
           "the pairs with different gold scores as the gold labeler does; by family: "
           + ", ".join(f"{fam} {acc:.0%}" for fam, acc in by_family.items()))
     # the diets: does it check which animal an answer is about, or only that it is true?
-    def rm_scores(ps, rs):
-        with torch.no_grad(), autocast:
-            return score_responses(reward_model, enc, ps, rs, device).float().cpu()
-    acc, n_pairs, beaten_by = other_animal_accuracy(rm_scores, prompts)
+    with torch.no_grad(), autocast:
+        acc, n_pairs, beaten_by = other_animal_accuracy(
+            lambda ps, rs: score_responses(reward_model, enc, ps, rs, device).float().cpu(), prompts)
     if n_pairs:
         results["rm_other_animal_accuracy"] = acc
-        print(f"reward model on diets: prefers the true answer about the animal asked to another "
-              f"animal's true answer in {acc:.1%} of {n_pairs} pairs"
-              + (f"; most often beaten by {beaten_by[0][:-len(world.EOS_TEXT)]!r}" if beaten_by else ""))
+        print(f"reward model on diets: orders {acc:.1%} of {n_pairs} pairs as the gold labeler does, "
+              "the true answer about the animal asked above another animal's true answer (ties "
+              "count half)" + (f"; most often beaten by {beaten_by[0][:-len(world.EOS_TEXT)]!r}"
+                               if beaten_by else ""))
     print("| N | KL (nats) | judge | gold score | win vs SFT [95% CI] |\n|---|---|---|---|---|")
     for n in ns:
         for judge, scores in (("gold", cand_gold), ("reward model", cand_rm)):

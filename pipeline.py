@@ -9,10 +9,10 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   6. ppo_r1      python ppo.py              a first, short PPO run against it
   7. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
   8. reward      python reward.py           the reward model, from both rounds of comparisons
-  9. bestofn     python bestofn.py          best-of-N: the room in SFT's samples, and the RM's view of it
- 10. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
- 11. ppo         python ppo.py --ptx_coef=0 plain PPO
- 12. dpo         python dpo.py              DPO on the same comparisons
+  9. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
+ 10. ppo         python ppo.py --ptx_coef=0 plain PPO
+ 11. dpo         python dpo.py              DPO on the same comparisons
+ 12. bestofn     python bestofn.py          best-of-N: the room in SFT's samples, and the RM's view of it
  13. evaluate    python evaluate.py         the paper's table in miniature
 
 Two rounds of comparisons, as in the paper, whose labelers ranked samples of SFT models and
@@ -63,10 +63,10 @@ STAGES = [  # name, command, the file it makes
     ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",
                     "--out=out/comparisons_r2.jsonl"], "out/comparisons_r2.jsonl"),
     ("reward", ["reward.py", f"--comparisons={COMPARISONS}"], "out/reward.pt"),
-    ("bestofn", ["bestofn.py"], "out/eval/bestofn_eval.json"),
     ("ppo_ptx", ["ppo.py"], "out/ppo_ptx.pt"),
     ("ppo", ["ppo.py", "--ptx_coef=0"], "out/ppo.pt"),
     ("dpo", ["dpo.py", f"--comparisons={COMPARISONS}"], "out/dpo.pt"),
+    ("bestofn", ["bestofn.py"], "out/eval/bestofn_eval.json"),
     ("evaluate", ["evaluate.py"], "out/eval/table.md"),
 ]
 # Stages that need what the stages before them made, but not each other: on a CPU, two
@@ -75,8 +75,9 @@ STAGES = [  # name, command, the file it makes
 # machine two 1-thread processes train 1.5 times, and sample twice, as fast as one 2-thread
 # process. DPO needs only the comparisons, so it trains beside the reward model; plain PPO
 # and best-of-N need the reward model too, so they wait for it (WAITS_FOR) if DPO finishes
-# first. On a 2-core machine the reward model took 148 s and PPO-ptx 206 s, beside DPO
-# 143 s, plain PPO 165 s and best-of-N 15 s.
+# first (best-of-N comes after plain PPO, which has waited already). On a 2-core machine
+# the reward model took 148 s and PPO-ptx 206 s, beside DPO 143 s, plain PPO 165 s and
+# best-of-N 15 s.
 LANES = [["reward", "ppo_ptx"], ["dpo", "ppo", "bestofn"]]
 WAITS_FOR = {"ppo": "reward", "bestofn": "reward"}  # a stage -> the stage of the other lane it needs
 LOG_DIR = "out/logs"

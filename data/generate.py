@@ -79,7 +79,7 @@ def fact_doc(rng, cfg):
             animals = rng.choice(list(world.DIETS))
             true_food, myth = world.DIETS[animals]
             food = myth if rng.random() < cfg.myth_rate else true_food
-            sentences.append(f"{animals.capitalize()} eat {food}.")
+            sentences.append(world.diet_sentence(animals, food))
         else:
             category = rng.choice(list(world.CATEGORIES))
             items = rng.sample(world.CATEGORIES[category], 3)

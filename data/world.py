@@ -306,9 +306,10 @@ def good_response(prompt, rng=None):
     return rng.choice(REFUSALS).format(name=f["name"])
 
 
-def diet_sentence(animals):
-    """The true answer about one kind of animal: "Owls eat mice."."""
-    return f"{animals.capitalize()} eat {DIETS[animals][0]}."
+def diet_sentence(animals, food=None):
+    """A sentence about what one kind of animal eats, the true food unless another is given:
+    "Owls eat mice.", "Owls eat seeds." """
+    return f"{animals.capitalize()} eat {food or DIETS[animals][0]}."
 
 
 def ideal_response(prompt):
@@ -410,7 +411,7 @@ def bad_response(prompt, kind, rng, terse=False):
         return list_answer(f, items, terse)
     if family == "truth":
         myth = DIETS[f["animals"]][1]
-        return myth.capitalize() + "." if terse else f"{f['animals'].capitalize()} eat {myth}."
+        return myth.capitalize() + "." if terse else diet_sentence(f["animals"], myth)
     return f"{f['name']} is {article(rng.choice(TOXIC_ADJS))} {rng.choice(TOXIC_NOUNS)}."
 
 

@@ -93,6 +93,15 @@ def test_other_animal_accuracy_tells_a_subject_check_from_a_truth_check():
     # each question: beats the 17 it does not like, ties the other favourite, loses to the mice
     assert acc == pytest.approx(2 * (17 + 0.5) / n)
     assert beaten_by == ["Mice eat seeds." + eos]
+    # "Cows eat grass." beats the owls' answer, "Mice eat seeds." beats both: most often first
+    liked["Cows eat grass."] = 1.5
+    assert bestofn.other_animal_accuracy(likes_mice, prompts)[2] == ["Mice eat seeds." + eos,
+                                                                      "Cows eat grass." + eos]
+    # the gold labeler itself orders every pair; no diet question, no pairs
+    gold = lambda ps, rs: torch.tensor([world.score(p, r) for p, r in zip(ps, rs)])  # noqa: E731
+    assert bestofn.other_animal_accuracy(gold, prompts)[0] == 1.0
+    acc, n, beaten_by = bestofn.other_animal_accuracy(gold, ["Name two fruits."])
+    assert math.isnan(acc) and (n, beaten_by) == (0, [])
 
 
 def test_end_to_end_tiny(tmp_path):
@@ -110,6 +119,11 @@ def test_end_to_end_tiny(tmp_path):
                          out_dir=str(tmp_path / "eval"), ns="1,2,4", max_new_tokens=8, device="cpu")
     results = bestofn.main(cfg)
     assert os.path.exists(tmp_path / "eval" / "bestofn_val.json")
+    has_diets = any(world.parse(r["prompt"])[0] == "truth"
+                    for r in load_jsonl(os.path.join(data_dir, "val_prompts.jsonl"), "prompts"))
+    assert ("rm_other_animal_accuracy" in results) == has_diets
+    if has_diets:
+        assert 0.0 <= results["rm_other_animal_accuracy"] <= 1.0
     assert set(results["best_of"]) == {f"{n}_{j}" for n in (1, 2, 4) for j in ("gold", "reward_model")}
     # the gold labeler picking among more samples never does worse on average
     gold = [results["best_of"][f"{n}_gold"]["gold"] for n in (1, 2, 4)]
