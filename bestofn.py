@@ -31,6 +31,7 @@ Writes out/eval/bestofn_eval.json (out/eval_val/bestofn_val.json with --split=va
 Simplified (exercises): one baseline sample per prompt; no curve of gold against KL for
 PPO's checkpoints beside it (compare with out/ppo_ptx_log.jsonl by hand).
 """
+import collections
 import dataclasses
 import json
 import math
@@ -118,7 +119,7 @@ def other_animal_accuracy(score_fn, prompts):
     that outscored the right one, most often first. A reward model that asks whether a
     sentence is true, not whether it answers the question, scores near 50%, and PPO finds
     the answers it overrates."""
-    hits, n, beaten_by = 0.0, 0, {}
+    hits, n, beaten_by = 0.0, 0, collections.Counter()
     for p in prompts:
         family, _, f = world.parse(p)
         if family != "truth":
@@ -130,8 +131,8 @@ def other_animal_accuracy(score_fn, prompts):
             n += 1
             hits += 1.0 if scores[0] > s else 0.5 if scores[0] == s else 0.0
             if s > scores[0]:
-                beaten_by[other] = beaten_by.get(other, 0) + 1
-    return (hits / n if n else float("nan")), n, sorted(beaten_by, key=lambda o: -beaten_by[o])
+                beaten_by[other] += 1
+    return (hits / n if n else float("nan")), n, [o for o, _ in beaten_by.most_common()]
 
 
 def main(cfg):

@@ -74,12 +74,12 @@ STAGES = [  # name, command, the file it makes
 # small matrix products of these models keep one thread busier than two, so on a 2-core
 # machine two 1-thread processes train 1.5 times, and sample twice, as fast as one 2-thread
 # process. DPO needs only the comparisons, so it trains beside the reward model; plain PPO
-# and best-of-N need the reward model too, so they wait for it (WAITS_FOR) if DPO finishes
-# first (best-of-N comes after plain PPO, which has waited already). On a 2-core machine
+# needs the reward model too, so it waits for it (WAITS_FOR) if DPO finishes first, and
+# best-of-N, which needs it as well, comes after plain PPO. On a 2-core machine
 # the reward model took 148 s and PPO-ptx 206 s, beside DPO 143 s, plain PPO 165 s and
 # best-of-N 15 s.
 LANES = [["reward", "ppo_ptx"], ["dpo", "ppo", "bestofn"]]
-WAITS_FOR = {"ppo": "reward", "bestofn": "reward"}  # a stage -> the stage of the other lane it needs
+WAITS_FOR = {"ppo": "reward"}  # a stage -> the stage of the other lane that it needs
 LOG_DIR = "out/logs"
 # the stages that have started and not yet finished, one per line: written before a stage
 # starts, removed after the last, so a stage that failed or was killed is never taken for
