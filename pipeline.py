@@ -4,7 +4,8 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   1. data        python -m data.generate    the internet, demonstrations, prompts, tokenizer
   2. pretrain    python pretrain.py         the base model ("GPT-3")
   3. sft         python sft.py              supervised fine-tuning on demonstrations
-  4. compare     python -m data.collect     SFT samples ranked by the simulated labelers
+  4. compare     python -m data.collect     SFT samples ranked by the simulated labelers, each
+                                           prompt's with one written for another prompt
   5. reward_r1   python reward.py           a first reward model, from the first 4,000 of them
   6. ppo_r1      python ppo.py              a first, short PPO run against it
   7. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
@@ -17,8 +18,10 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
 
 Two rounds of comparisons, as in the paper, whose labelers ranked samples of SFT models and
 of earlier PPO policies. A reward model trained on SFT samples alone has never seen what a
-PPO policy finds to please it (an answer to another question, or "The text does not say" to
-a question the text answers); ranking a first PPO policy's samples shows it those too.
+PPO policy finds to please it; the labelers of the first round also rank one answer that
+SFT wrote for another prompt of the same kind (an answer to another question, which SFT
+itself seldom gives), and ranking a first PPO policy's samples shows it the rest (a
+misconception SFT seldom states, or "The text does not say" to a question the text answers).
 
 Each stage is a script that also runs alone. A stage whose output already exists is
 skipped; --redo=sft,reward (or --redo=all) runs those stages again, and every stage after
@@ -61,7 +64,7 @@ STAGES = [  # name, command, the file it makes
     ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND1_ITERS}",
                 f"--beta={ROUND1_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
     ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",
-                    "--out=out/comparisons_r2.jsonl"], "out/comparisons_r2.jsonl"),
+                    "--n_other=0", "--out=out/comparisons_r2.jsonl"], "out/comparisons_r2.jsonl"),
     ("reward", ["reward.py", f"--comparisons={COMPARISONS}"], "out/reward.pt"),
     ("ppo_ptx", ["ppo.py"], "out/ppo_ptx.pt"),
     ("ppo", ["ppo.py", "--ptx_coef=0"], "out/ppo.pt"),

@@ -3,8 +3,11 @@ Comparison collection: the labelers' job (InstructGPT §3.4).
 
 For each reward-model prompt, the SFT model samples K responses at temperature 1, and a
 simulated labeler ranks them (data/labelers.py: Bradley-Terry noise on the gold score,
-ties where it sees no difference). Writes out/comparisons.jsonl, one
-{"prompt", "responses", "ranks"} row per prompt, best first, equal ranks for a tie.
+ties where it sees no difference), together with one answer that the model wrote for
+another prompt of the same kind (other_answers): an answer to the wrong question, which a
+model fine-tuned on demonstrations seldom gives and a reward model must still rank low.
+Writes out/comparisons.jsonl, one {"prompt", "responses", "ranks"} row per prompt, best
+first, equal ranks for a tie.
 reward.py and dpo.py only read such files, so a real human-preference data set in the
 same format (or a {"prompt", "chosen", "rejected"} pairs file) can take its place.
 
@@ -13,6 +16,7 @@ two agree: the paper's inter-labeler agreement (72.6%), measured on real SFT sam
 
 Run: python -m data.collect            (K = 6; --k=9 for the paper's largest)
 """
+import collections
 import dataclasses
 import os
 import random
@@ -21,7 +25,7 @@ import time
 
 from checkpoint import load_checkpoint
 from common import parse_config, setup, write_jsonl
-from data import labelers
+from data import labelers, world
 from data.chat import row_check, sample_responses
 from data.loader import load_jsonl
 from data.tokenizer import get_tokenizer
@@ -34,12 +38,36 @@ class Config:
     out: str = "out/comparisons.jsonl"
     n_prompts: int = 0               # 0: every prompt of rm_prompts.jsonl; else its first n
     k: int = 6                       # responses per prompt, 4 to 9 as in the paper
+    n_other: int = 1                 # and this many answers written for other prompts (other_answers)
     temperature: float = 1.0
     max_new_tokens: int = 48
     batch_size: int = 512            # sequences generated at once (finished ones leave the batch)
     noise: float = labelers.NOISE    # labeler noise, set for ~73% agreement on ranked pairs
     device: str = "auto"
     seed: int = 1337
+
+
+def other_answers(prompts, groups, n_other, rng):
+    """For each prompt, n_other responses sampled for other prompts of its family: another
+    sum, another person's text, another animal ("Pandas eat bamboo." for "What do owls
+    eat?"). A policy fine-tuned on demonstrations nearly always answers the question asked,
+    so among its own K samples the labelers hardly ever see an answer to another one, and
+    a reward model trained on them need not check what an answer is about; PPO then finds
+    the answers it overrates. groups: the responses sampled for each prompt. Returns a
+    list of n_other responses per prompt, none where no other prompt has its family."""
+    by_family = collections.defaultdict(list)
+    for i, prompt in enumerate(prompts):
+        by_family[world.parse(prompt)[0]].append(i)
+    others = []
+    for i, prompt in enumerate(prompts):
+        pool = by_family[world.parse(prompt)[0]]
+        picked = []
+        while len(pool) > 1 and len(picked) < n_other:
+            j = rng.choice(pool)
+            if j != i:
+                picked.append(rng.choice(groups[j]))
+        others.append(picked)
+    return others
 
 
 if __name__ == "__main__":
@@ -59,15 +87,18 @@ if __name__ == "__main__":
                                  cfg.batch_size, device, progress=True)
     groups = [(p, responses[i * cfg.k:(i + 1) * cfg.k]) for i, p in enumerate(prompts)]
     rng = random.Random(cfg.seed)
+    others = other_answers(prompts, [group for _, group in groups], cfg.n_other, rng)
     rows = []
     n_pairs = 0
-    for prompt, group in groups:
+    for (prompt, group), other in zip(groups, others):
+        group = group + other
         ranked, ranks = labelers.sort_ranking(group, labelers.rank(prompt, group, rng, cfg.noise))
         rows.append({"prompt": prompt, "responses": ranked, "ranks": ranks})
         n_pairs += len(labelers.ranked_pairs(ranks))
     write_jsonl(cfg.out, rows)
     agree, ties = labelers.agreement(groups, seed=cfg.seed + 1, noise=cfg.noise)
-    print(f"wrote {cfg.out}: {len(rows)} prompts x {cfg.k} ranked responses, {n_pairs} ranked "
-          f"pairs ({len(flat) / (time.time() - t0):.0f} responses/s); {ties:.1%} of pairs of "
-          f"distinct responses are ties; two independent labelers agree on {agree:.1%} of "
-          "the pairs they rank (paper: 72.6%)")
+    print(f"wrote {cfg.out}: {len(rows)} prompts x ({cfg.k} samples + {cfg.n_other} answers to "
+          f"other prompts) ranked, {n_pairs} ranked pairs ({len(flat) / (time.time() - t0):.0f} "
+          f"responses/s); of the policy's own samples, {ties:.1%} of pairs of distinct responses "
+          f"are ties, and two independent labelers agree on {agree:.1%} of the pairs they rank "
+          "(paper: 72.6%)")

@@ -405,6 +405,28 @@ def test_rank_follows_bradley_terry():
     assert all(labelers.rank(prompt, [a, c], rng, noise) == [0, 0] for _ in range(50))
 
 
+def test_other_answers_come_from_other_prompts_of_the_same_family():
+    from data.collect import other_answers
+    prompts = ["What do owls eat?", "What do cows eat?", "Tell me what bats eat.",
+               "What is 7 plus 5?", "Insult Leo."]
+    groups = [[f"answer {i}.{k}" + EOS_TEXT for k in range(3)] for i in range(len(prompts))]
+    source = {r: i for i, group in enumerate(groups) for r in group}
+    rng = random.Random(0)
+    drawn = collections.defaultdict(set)
+    for _ in range(50):
+        others = other_answers(prompts, groups, 2, rng)
+        assert [len(o) for o in others] == [2, 2, 2, 0, 0]  # a sum and an insult have no other
+        for i, picked in enumerate(others):
+            drawn[i] |= {source[r] for r in picked}
+    assert drawn[0] == {1, 2} and drawn[1] == {0, 2} and drawn[2] == {0, 1}
+    assert other_answers(prompts, groups, 0, rng) == [[]] * len(prompts)
+    # what they are there to show: the gold labeler ranks another animal's diet below the
+    # asked one's, even where the food is the one asked about
+    owls = "What do owls eat?"
+    assert score(owls, "Owls eat mice." + EOS_TEXT) > score(owls, "Mice eat seeds." + EOS_TEXT)
+    assert score(owls, "Owls eat mice." + EOS_TEXT) > score(owls, "Cows eat grass." + EOS_TEXT)
+
+
 # -----------------------------------------------------------------------------
 # the generated data sets
 

@@ -123,6 +123,10 @@ def test_sft_collect_reward_end_to_end(world_data):
     assert len(log) == 2  # one validation per epoch
     run(["-m", "data.collect", d, f"--policy={out / 'sft.pt'}", f"--out={out / 'cmp.jsonl'}",
          "--k=4", "--max_new_tokens=12", "--device=cpu"], ROOT)
+    import json
+    rows = [json.loads(line) for line in open(out / "cmp.jsonl")]
+    # four samples and one answer to another prompt of the family, where it has another
+    assert {len(r["responses"]) for r in rows} <= {4, 5} and any(len(r["responses"]) == 5 for r in rows)
     stdout = run([os.path.join(ROOT, "reward.py"), d, f"--comparisons={out / 'cmp.jsonl'}",
                   f"--init={out / 'sft.pt'}", f"--out={out / 'reward.pt'}", "--batch_size=4",
                   "--val_frac=0.25", "--device=cpu"], out)
@@ -130,7 +134,6 @@ def test_sft_collect_reward_end_to_end(world_data):
     rm, ckpt = load_checkpoint(str(out / "reward.pt"))
     assert rm.config.scalar_head and ckpt["score_std"] > 0
     # the bias was set so that the demonstrations score 0 on average
-    import json
     demos = [json.loads(line) for line in open(out / "data" / "sft.jsonl")]
     with torch.no_grad():
         s = score_responses(rm, enc, [x["prompt"] for x in demos], [x["completion"] for x in demos],
