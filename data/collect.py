@@ -97,8 +97,9 @@ if __name__ == "__main__":
         n_pairs += len(labelers.ranked_pairs(ranks))
     write_jsonl(cfg.out, rows)
     agree, ties = labelers.agreement(groups, seed=cfg.seed + 1, noise=cfg.noise)
-    print(f"wrote {cfg.out}: {len(rows)} prompts x ({cfg.k} samples + {cfg.n_other} answers to "
-          f"other prompts) ranked, {n_pairs} ranked pairs ({len(flat) / (time.time() - t0):.0f} "
+    rate = len(flat) / (time.time() - t0)
+    print(f"wrote {cfg.out}: {len(rows)} prompts, each with {cfg.k} samples and {cfg.n_other} "
+          f"written for another prompt ranked, {n_pairs} ranked pairs ({rate:.0f} "
           f"responses/s); of the policy's own samples, {ties:.1%} of pairs of distinct responses "
           f"are ties, and two independent labelers agree on {agree:.1%} of the pairs they rank "
           "(paper: 72.6%)")
