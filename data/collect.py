@@ -38,7 +38,7 @@ class Config:
     out: str = "out/comparisons.jsonl"
     n_prompts: int = 0               # 0: every prompt of rm_prompts.jsonl; else its first n
     k: int = 6                       # responses per prompt, 4 to 9 as in the paper
-    n_other: int = 1                 # and this many answers written for other prompts (other_answers)
+    n_other: int = 1                 # and this many written for other prompts (other_answers)
     temperature: float = 1.0
     max_new_tokens: int = 48
     batch_size: int = 512            # sequences generated at once (finished ones leave the batch)
