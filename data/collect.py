@@ -11,8 +11,9 @@ first, equal ranks for a tie.
 reward.py and dpo.py only read such files, so a real human-preference data set in the
 same format (or a {"prompt", "chosen", "rejected"} pairs file) can take its place.
 
-It also has a second, independent labeler rank the same samples and prints how often the
-two agree: the paper's inter-labeler agreement (72.6%), measured on real SFT samples.
+It also has a second, independent labeler rank the same K samples and prints how often the
+two agree: the paper's inter-labeler agreement (72.6%), measured on real SFT samples (the
+answer to another prompt, which they nearly always rank last, would only raise it).
 
 Run: python -m data.collect            (K = 6; --k=9 for the paper's largest)
 """
