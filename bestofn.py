@@ -24,7 +24,7 @@ samples 1..N are the candidates, so the baseline never competes against itself.
 
 Run:
   python bestofn.py                   # the evaluation prompts, N = 1, 4, 16, and the optimum
-                                      # at beta = 0.1, 0.3, 1; under a minute on a CPU
+                                      # at beta = 0.1, 0.2, 0.3, 1; under a minute on a CPU
   python bestofn.py --split=val       # a validation split of training prompts: tune here
 Writes out/eval/bestofn_eval.json (out/eval_val/bestofn_val.json with --split=val).
 
@@ -57,7 +57,7 @@ class Config:
     split: str = "eval"              # eval: eval_prompts.jsonl; val: val_prompts.jsonl (for tuning)
     out_dir: str = ""                # "": out/eval, or out/eval_val for --split=val
     ns: str = "1,4,16"               # the N of best-of-N
-    betas: str = "0.1,0.3,1"         # KL coefficients of the optimum pi_SFT exp(r / beta) to show
+    betas: str = "0.1,0.2,0.3,1"     # KL coefficients of the optimum pi_SFT exp(r / beta) to show
     temperature: float = 1.0
     max_new_tokens: int = 48
     batch_size: int = 128

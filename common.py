@@ -130,7 +130,8 @@ OPTION_RANGES = {
                      "n_rm", "n_ppo", "n_val", "n_eval"], at_least(1)),
     # where 0 means none, or all, or never
     **dict.fromkeys(["warmup_iters", "n_eval_prompts", "n_prompts", "n_shots", "pairs_per_prompt",
-                     "sample_every", "save_every", "ppo_iters", "max_rows", "n_rankings", "n_other"],
+                     "sample_every", "save_every", "ppo_iters", "max_rows", "n_rankings",
+                     "n_other"],
                     at_least(0)),
     # data.hh's token limits: a row longer than these is dropped
     **dict.fromkeys(["max_prompt_tokens", "max_response_tokens"], at_least(1)),

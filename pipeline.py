@@ -5,7 +5,7 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   2. pretrain    python pretrain.py         the base model ("GPT-3")
   3. sft         python sft.py              supervised fine-tuning on demonstrations
   4. compare     python -m data.collect     SFT samples ranked by the simulated labelers, each
-                                           prompt's with one written for another prompt
+                                            prompt's with one written for another prompt
   5. reward_r1   python reward.py           a first reward model, from the first 4,000 of them
   6. ppo_r1      python ppo.py              a first, short PPO run against it
   7. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well

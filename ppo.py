@@ -67,7 +67,7 @@ class Config:
     temperature: float = 1.0         # sampling temperature; log-probs use the same one
     no_eos_penalty: float = -1.0     # the score of a response that never ends, whatever the RM says
     # reward = score - beta * KL (InstructGPT eq. 2), advantages by GAE
-    beta: float = 0.3                # KL coefficient (the paper: 0.02); see the note below
+    beta: float = 0.2                # KL coefficient (the paper: 0.02); see the note below
     adaptive_kl: bool = False        # adapt beta toward kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0           # nats per response
     kl_horizon: int = 10000          # episodes over which beta adapts (Ziegler et al.: 10000)
@@ -96,9 +96,11 @@ class Config:
 # paper's 0.02, PPO found within a few thousand episodes answers this small RM overrates
 # and that no SFT sample would give (a polite refusal, or "Horses eat hay.", to every
 # question about diets): the gold score fell while the RM score rose. At 0.1 it still
-# answered most diet questions with "Horses eat hay.". At 0.3 the policy stays within
-# about 1 nat of SFT, where the RM's judgement still holds (tuned on the validation
-# prompts; python bestofn.py shows the same limit for best-of-N).
+# answered most diet questions with "Horses eat hay.". At 0.2 the policy stays within
+# about 0.7 nats of SFT, where the RM's judgement still holds (tuned on the validation
+# prompts; python bestofn.py shows the same limit for best-of-N). An RM whose labelers
+# never ranked answers to other prompts (data.collect --n_other=0) needs 0.3: at 0.2 PPO
+# answers diet questions with another animal's diet.
 
 # the GPU preset: the GPU models are ~10M parameters; more episodes per update
 GPU = dict(iters=200, batch_size=256, minibatch_size=64, update_epochs=4, ptx_batch_size=32)

@@ -4,8 +4,9 @@ Comparison collection: the labelers' job (InstructGPT §3.4).
 For each reward-model prompt, the SFT model samples K responses at temperature 1, and a
 simulated labeler ranks them (data/labelers.py: Bradley-Terry noise on the gold score,
 ties where it sees no difference), together with one answer that the model wrote for
-another prompt of the same kind (other_answers): an answer to the wrong question, which a
-model fine-tuned on demonstrations seldom gives and a reward model must still rank low.
+another prompt of the same kind (other_answers): most often an answer to another
+question, which a model fine-tuned on demonstrations seldom gives and a reward model must
+still rank low.
 Writes out/comparisons.jsonl, one {"prompt", "responses", "ranks"} row per prompt, best
 first, equal ranks for a tie.
 reward.py and dpo.py only read such files, so a real human-preference data set in the
@@ -56,18 +57,19 @@ def other_answers(prompts, groups, n_other, rng):
     a reward model trained on them need not check what an answer is about; PPO then finds
     the answers it overrates. groups: the responses sampled for each prompt. Returns a
     list of n_other responses per prompt, none where no other prompt has its family."""
+    families = [world.parse(prompt)[0] for prompt in prompts]
     by_family = collections.defaultdict(list)
-    for i, prompt in enumerate(prompts):
-        by_family[world.parse(prompt)[0]].append(i)
+    for i, family in enumerate(families):
+        by_family[family].append(i)
     others = []
-    for i, prompt in enumerate(prompts):
-        pool = by_family[world.parse(prompt)[0]]
-        picked = []
-        while len(pool) > 1 and len(picked) < n_other:
+    for i, family in enumerate(families):
+        pool = by_family[family]
+        picked = []  # distinct other prompts, one sample of each
+        while len(picked) < min(n_other, len(pool) - 1):
             j = rng.choice(pool)
-            if j != i:
-                picked.append(rng.choice(groups[j]))
-        others.append(picked)
+            if j != i and j not in picked:
+                picked.append(j)
+        others.append([rng.choice(groups[j]) for j in picked])
     return others
 
 
@@ -99,8 +101,8 @@ if __name__ == "__main__":
     write_jsonl(cfg.out, rows)
     agree, ties = labelers.agreement(groups, seed=cfg.seed + 1, noise=cfg.noise)
     rate = len(flat) / (time.time() - t0)
-    print(f"wrote {cfg.out}: {len(rows)} prompts, each with {cfg.k} samples and {cfg.n_other} "
-          f"written for another prompt ranked, {n_pairs} ranked pairs ({rate:.0f} "
-          f"responses/s); of the policy's own samples, {ties:.1%} of pairs of distinct responses "
+    print(f"wrote {cfg.out}: {len(rows)} prompts, {cfg.k} samples each and "
+          f"{sum(map(len, others))} written for other prompts ranked, {n_pairs} ranked pairs "
+          f"({rate:.0f} responses/s); of the policy's own samples, {ties:.1%} of pairs of distinct responses "
           f"are ties, and two independent labelers agree on {agree:.1%} of the pairs they rank "
           "(paper: 72.6%)")

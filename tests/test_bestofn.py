@@ -130,10 +130,10 @@ def test_end_to_end_tiny(tmp_path):
     assert gold == sorted(gold)
     # best-of-1 is one plain sample: whichever judge, the same response
     assert results["best_of"]["1_gold"]["gold"] == results["best_of"]["1_reward_model"]["gold"]
-    assert set(results["optimum"]) == {f"{b}_{j}" for b in ("0.1", "0.3", "1")
+    assert set(results["optimum"]) == {f"{b}_{j}" for b in ("0.1", "0.2", "0.3", "1")
                                        for j in ("gold", "reward_model")}
     # the gold labeler's own optimum: a stronger pull (smaller beta) never scores less gold
-    gold = [results["optimum"][f"{b}_gold"]["gold"] for b in ("1", "0.3", "0.1")]
+    gold = [results["optimum"][f"{b}_gold"]["gold"] for b in ("1", "0.3", "0.2", "0.1")]
     assert gold == sorted(gold)
     # the win by family averages back to the whole win, each family weighted by its prompts
     counts = collections.Counter(world.parse(r["prompt"])[0]

@@ -419,13 +419,13 @@ def test_other_answers_come_from_other_prompts_of_the_same_family():
         for i, picked in enumerate(others):
             drawn[i] |= {source[r] for r in picked}
     assert drawn[0] == {1, 2} and drawn[1] == {0, 2} and drawn[2] == {0, 1}
+    # n_other other prompts are distinct; none asked for, none drawn (the labelers' draws
+    # after it stay as they were)
+    picks = other_answers(prompts, groups, 2, rng)
+    assert all(len({source[r] for r in picked}) == 2 for picked in picks[:3])
+    state = rng.getstate()
     assert other_answers(prompts, groups, 0, rng) == [[]] * len(prompts)
-    # what they are there to show: the gold labeler ranks another animal's diet below the
-    # asked one's, even where the food is the one asked about
-    owls = "What do owls eat?"
-    assert score(owls, "Owls eat mice." + EOS_TEXT) > score(owls, "Mice eat seeds." + EOS_TEXT)
-    assert score(owls, "Owls eat mice." + EOS_TEXT) > score(owls, "Cows eat grass." + EOS_TEXT)
-
+    assert rng.getstate() == state
 
 # -----------------------------------------------------------------------------
 # the generated data sets

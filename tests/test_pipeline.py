@@ -128,3 +128,11 @@ def test_lanes_only_on_a_cpu_with_threads_to_share(monkeypatch):
     assert pipeline.threads_per_lane("cuda", 2) is None  # the lanes would queue for one GPU
     monkeypatch.setattr(pipeline.torch, "get_num_threads", lambda: 1)
     assert pipeline.threads_per_lane("cpu", 2) is None
+
+
+def test_only_the_first_round_ranks_answers_to_other_prompts():
+    # the second round ranks a PPO policy's own samples alone; the first keeps data.collect's
+    # default (one answer written for another prompt)
+    commands = {name: cmd for name, cmd, _ in pipeline.STAGES}
+    assert not any(arg.startswith("--n_other") for arg in commands["compare"])
+    assert "--n_other=0" in commands["compare_r2"]
