@@ -78,9 +78,9 @@ STAGES = [  # name, command, the file it makes
 # machine two 1-thread processes train 1.5 times, and sample twice, as fast as one 2-thread
 # process. DPO needs only the comparisons, so it trains beside the reward model; plain PPO
 # needs the reward model too, so it waits for it (WAITS_FOR) if DPO finishes first, and
-# best-of-N, which needs it as well, comes after plain PPO. On a 2-core machine
-# the reward model took 148 s and PPO-ptx 206 s, beside DPO 143 s, plain PPO 165 s and
-# best-of-N 15 s.
+# best-of-N, which needs it as well, comes after plain PPO. On a slow 2-core machine
+# (bench.py: 20,286 training tokens/s) the reward model took 226 s and PPO-ptx 329 s,
+# beside DPO 188 s, plain PPO 263 s and best-of-N 24 s.
 LANES = [["reward", "ppo_ptx"], ["dpo", "ppo", "bestofn"]]
 WAITS_FOR = {"ppo": "reward"}  # a stage -> the stage of the other lane that it needs
 LOG_DIR = "out/logs"

@@ -50,13 +50,11 @@ class Config:
 
 
 def other_answers(prompts, groups, n_other, rng):
-    """For each prompt, n_other responses sampled for other prompts of its family: another
-    sum, another person's text, another animal ("Pandas eat bamboo." for "What do owls
-    eat?"). A policy fine-tuned on demonstrations nearly always answers the question asked,
-    so among its own K samples the labelers hardly ever see an answer to another one, and
-    a reward model trained on them need not check what an answer is about; PPO then finds
-    the answers it overrates. groups: the responses sampled for each prompt. Returns a
-    list of n_other responses per prompt, none where no other prompt has its family."""
+    """For each prompt, n_other responses sampled for other prompts of its family (another
+    sum, another person's text, another animal: "Pandas eat bamboo." for "What do owls
+    eat?"), one from each of n_other distinct prompts; why, see the module docstring.
+    groups: the responses sampled for each prompt. Returns a list per prompt, empty where
+    no other prompt has its family."""
     families = [world.parse(prompt)[0] for prompt in prompts]
     by_family = collections.defaultdict(list)
     for i, family in enumerate(families):
@@ -103,6 +101,6 @@ if __name__ == "__main__":
     rate = len(flat) / (time.time() - t0)
     print(f"wrote {cfg.out}: {len(rows)} prompts, {cfg.k} samples each and "
           f"{sum(map(len, others))} written for other prompts ranked, {n_pairs} ranked pairs "
-          f"({rate:.0f} responses/s); of the policy's own samples, {ties:.1%} of pairs of distinct responses "
-          f"are ties, and two independent labelers agree on {agree:.1%} of the pairs they rank "
-          "(paper: 72.6%)")
+          f"({rate:.0f} responses/s); of the policy's own samples, {ties:.1%} of pairs of "
+          f"distinct responses are ties, and two independent labelers agree on {agree:.1%} of "
+          "the pairs they rank (paper: 72.6%)")

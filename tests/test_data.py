@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from data import generate, labelers, world  # noqa: E402
+from data.collect import other_answers  # noqa: E402
 from data.loader import (DataError, load_comparisons, load_jsonl, ranks_of,  # noqa: E402
                          split_comparisons)
 from data.tokenizer import (EOS, encode, get_tokenizer, load_ranks, save_ranks,  # noqa: E402
@@ -406,7 +407,6 @@ def test_rank_follows_bradley_terry():
 
 
 def test_other_answers_come_from_other_prompts_of_the_same_family():
-    from data.collect import other_answers
     prompts = ["What do owls eat?", "What do cows eat?", "Tell me what bats eat.",
                "What is 7 plus 5?", "Insult Leo."]
     groups = [[f"answer {i}.{k}" + EOS_TEXT for k in range(3)] for i in range(len(prompts))]
