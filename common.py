@@ -131,7 +131,7 @@ OPTION_RANGES = {
     # where 0 means none, or all, or never
     **dict.fromkeys(["warmup_iters", "n_eval_prompts", "n_prompts", "n_shots", "pairs_per_prompt",
                      "sample_every", "save_every", "ppo_iters", "max_rows", "n_rankings",
-                     "n_other"],
+                     "n_other", "start_prompt"],
                     at_least(0)),
     # data.hh's token limits: a row longer than these is dropped
     **dict.fromkeys(["max_prompt_tokens", "max_response_tokens"], at_least(1)),

@@ -5,16 +5,18 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   2. pretrain    python pretrain.py         the base model ("GPT-3")
   3. sft         python sft.py              supervised fine-tuning on demonstrations
   4. compare     python -m data.collect     SFT samples ranked by the simulated labelers, each
-                                            prompt's with one written for another prompt
-  5. reward_r1   python reward.py           a first reward model, from the first 4,000 of them
-  6. ppo_r1      python ppo.py              a first, short PPO run against it
-  7. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
-  8. reward      python reward.py           the reward model, from both rounds of comparisons
-  9. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
- 10. ppo         python ppo.py --ptx_coef=0 plain PPO
- 11. dpo         python dpo.py              DPO on the same comparisons
- 12. bestofn     python bestofn.py          best-of-N: the room in SFT's samples, and the RM's view of it
- 13. evaluate    python evaluate.py         the paper's table in miniature
+                                            prompt's with one written for another prompt:
+                                            the first 4,000 reward-model prompts
+  5. compare_b   python -m data.collect     the same for the other 4,000
+  6. reward_r1   python reward.py           a first reward model, from the first 4,000
+  7. ppo_r1      python ppo.py              a first, short PPO run against it
+  8. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
+  9. reward      python reward.py           the reward model, from both rounds of comparisons
+ 10. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
+ 11. ppo         python ppo.py --ptx_coef=0 plain PPO
+ 12. dpo         python dpo.py              DPO on the same comparisons
+ 13. bestofn     python bestofn.py          best-of-N: the room in SFT's samples, and the RM's view of it
+ 14. evaluate    python evaluate.py         the paper's table in miniature
 
 Two rounds of comparisons, as in the paper, whose labelers ranked samples of SFT models and
 of earlier PPO policies. A reward model trained on SFT samples alone has never seen what a
@@ -30,10 +32,11 @@ run again by the next `python pipeline.py`, with every stage after it: out/pipel
 names it until the last stage is done. --device=cuda (or cpu, mps) is passed on;
 --seed=N goes to data.generate and makes another world (run it in a fresh out/).
 
-On a CPU, stages 8 to 12 run in two lanes side by side (LANES), each process with half the
-threads, their output in out/logs/STAGE.log: the reward model, then PPO-ptx, beside DPO,
-then plain PPO and best-of-N once the reward model is there; --jobs=1 runs them one after
-another, as everything else.
+On a CPU, stages 4 and 5, and then stages 9 to 13, run in two lanes side by side (LANES),
+each process with half the threads, their output in out/logs/STAGE.log: the two halves of
+the first round's comparisons; then the reward model and PPO-ptx, beside DPO, then plain
+PPO and best-of-N once the reward model is there. --jobs=1 runs them one after another, as
+everything else.
 
 Run:  python pipeline.py
 """
@@ -46,21 +49,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-# the second round: the first PPO policy's samples on this many reward-model prompts (it
-# needs only as long as PPO takes to find what the first reward model overrates, and a
-# looser KL penalty, so that it finds it). The first reward model, which only has to show
-# the labelers what that PPO run finds, learns from the first ROUND1_RANKINGS rankings of
-# the first round; the reward model learns from all of them.
-ROUND1_RANKINGS, ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 4000, 40, 0.1, 2000
-COMPARISONS = "out/comparisons.jsonl,out/comparisons_r2.jsonl"
+# The first round ranks SFT's samples on the 8,000 reward-model prompts, in two halves of
+# HALF prompts. The first reward model, which only has to show the labelers what a first
+# PPO run finds, learns from the first half; the reward model learns from all of them. The
+# second round: the first PPO policy's samples on ROUND2_PROMPTS prompts (it needs only as
+# long as PPO takes to find what the first reward model overrates, and a looser KL penalty,
+# so that it finds it).
+HALF, ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 4000, 40, 0.1, 2000
+COMPARISONS = "out/comparisons.jsonl,out/comparisons_b.jsonl,out/comparisons_r2.jsonl"
 
 STAGES = [  # name, command, the file it makes
     ("data", ["-m", "data.generate"], "out/data/tokenizer.tiktoken"),
     ("pretrain", ["pretrain.py"], "out/pretrain.pt"),
     ("sft", ["sft.py"], "out/sft.pt"),
-    ("compare", ["-m", "data.collect"], "out/comparisons.jsonl"),
-    ("reward_r1", ["reward.py", f"--n_rankings={ROUND1_RANKINGS}", "--out=out/reward_r1.pt"],
-     "out/reward_r1.pt"),
+    ("compare", ["-m", "data.collect", f"--n_prompts={HALF}"], "out/comparisons.jsonl"),
+    ("compare_b", ["-m", "data.collect", f"--start_prompt={HALF}", "--seed=1338",
+                   "--out=out/comparisons_b.jsonl"], "out/comparisons_b.jsonl"),
+    ("reward_r1", ["reward.py", "--out=out/reward_r1.pt"], "out/reward_r1.pt"),
     ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND1_ITERS}",
                 f"--beta={ROUND1_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
     ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",
@@ -76,12 +81,17 @@ STAGES = [  # name, command, the file it makes
 # lanes run side by side, each its stages in turn, each process with half the threads. The
 # small matrix products of these models keep one thread busier than two, so on a 2-core
 # machine two 1-thread processes train 1.5 times, and sample twice, as fast as one 2-thread
-# process. DPO needs only the comparisons, so it trains beside the reward model; plain PPO
-# needs the reward model too, so it waits for it (WAITS_FOR) if DPO finishes first, and
-# best-of-N, which needs it as well, comes after plain PPO. On a slow 2-core machine
-# (bench.py: 20,286 training tokens/s) the reward model took 226 s and PPO-ptx 329 s,
-# beside DPO 188 s, plain PPO 263 s and best-of-N 24 s.
-LANES = [["reward", "ppo_ptx"], ["dpo", "ppo", "bestofn"]]
+# process. Each group of two lanes starts when the stage before its first stage is done.
+# The first round's two halves of prompts are ranked side by side. DPO needs only the
+# comparisons, so it trains beside the reward model; plain PPO needs the reward model too,
+# so it waits for it (WAITS_FOR) if DPO finishes first, and best-of-N, which needs it as
+# well, comes after plain PPO. On a slow 2-core machine (bench.py: 20,286 training
+# tokens/s) the reward model took 226 s and PPO-ptx 329 s, beside DPO 188 s, plain PPO
+# 263 s and best-of-N 24 s.
+LANES = [  # groups of two lanes; a group's stages follow one another in STAGES
+    [["compare"], ["compare_b"]],
+    [["reward", "ppo_ptx"], ["dpo", "ppo", "bestofn"]],
+]
 WAITS_FOR = {"ppo": "reward"}  # a stage -> the stage of the other lane that it needs
 LOG_DIR = "out/logs"
 # the stages that have started and not yet finished, one per line: written before a stage
@@ -150,6 +160,19 @@ def run_lane(lane, to_run, threads, ended, ok):
     return None
 
 
+def run_lanes(lanes, to_run, threads):
+    """Two lanes side by side, each with `threads` threads; stops the pipeline if a stage
+    failed."""
+    names = [n for lane in lanes for n in lane]
+    ended, ok = {n: threading.Event() for n in names}, {}
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        failed = [n for n in pool.map(lambda lane: run_lane(lane, to_run, threads, ended, ok), lanes)
+                  if n]
+    if failed:
+        raise SystemExit(f"error: stage {' and '.join(failed)} failed; fix it and run "
+                         "python pipeline.py, which runs the lanes again, and every later stage")
+
+
 def main(argv):
     redo, device, seed, jobs = set(), None, None, 2
     names = [name for name, _, _ in STAGES]
@@ -186,25 +209,22 @@ def main(argv):
         changed = True
 
     threads = threads_per_lane(device, jobs)
-    lanes = [[n for n in lane if n in to_run] for lane in LANES]
-    if threads is None or not all(lanes):  # side by side only where both lanes have work
-        lanes = []
-    lane_stages = [n for lane in lanes for n in lane]
-    t_start, running, lanes_done = time.time(), [], False
+    groups = []  # the groups of lanes that run side by side: where both lanes have work
+    for group in LANES if threads else []:
+        lanes = [[n for n in lane if n in to_run] for lane in group]
+        if all(lanes):
+            groups.append(lanes)
+    group_of = {n: g for g, lanes in enumerate(groups) for lane in lanes for n in lane}
+    t_start, running, groups_run = time.time(), [], set()
     try:
         for name in to_run:
-            if name in lane_stages:  # the first of them starts both lanes; the rest ran there
-                if not lanes_done:
-                    running = lane_stages
+            if name in group_of:  # the first of a group starts both lanes; the rest ran there
+                g = group_of[name]
+                if g not in groups_run:
+                    running = [n for lane in groups[g] for n in lane]
                     mark_unfinished(running)
-                    ended, ok = {n: threading.Event() for n in lane_stages}, {}
-                    with ThreadPoolExecutor(len(lanes)) as pool:
-                        failed = [n for n in pool.map(lambda lane: run_lane(lane, to_run, threads, ended, ok),
-                                                      lanes) if n]
-                    if failed:
-                        raise SystemExit(f"error: stage {' and '.join(failed)} failed; fix it and run "
-                                         "python pipeline.py, which runs the lanes again, and every later stage")
-                    lanes_done = True
+                    run_lanes(groups[g], to_run, threads)
+                    groups_run.add(g)
                 continue
             running = [name]
             mark_unfinished(running)

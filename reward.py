@@ -144,8 +144,6 @@ if __name__ == "__main__":
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     max_iters = cfg.epochs * math.ceil(len(train_rows) / cfg.batch_size)
     logger = Logger(log_path(cfg.out))
-    acc, gold_acc, corr = evaluate(model, enc, val_rows, device, cfg.batch_size)
-    print(f"before training: accuracy {acc:.1%} (labels) {gold_acc:.1%} (gold)")
 
     t0, it = time.time(), 0
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -17,6 +17,9 @@ two agree: the paper's inter-labeler agreement (72.6%), measured on real SFT sam
 answer to another prompt, which they nearly always rank last, would only raise it).
 
 Run: python -m data.collect            (K = 6; --k=9 for the paper's largest)
+     python -m data.collect --start_prompt=4000 --seed=1338 --out=out/comparisons_b.jsonl
+                                       (the prompts from the 4,001st on, with other draws:
+                                        pipeline.py ranks the two halves side by side)
 """
 import collections
 import dataclasses
@@ -26,7 +29,7 @@ import sys
 import time
 
 from checkpoint import load_checkpoint
-from common import parse_config, setup, write_jsonl
+from common import ConfigError, parse_config, setup, write_jsonl
 from data import labelers, world
 from data.chat import row_check, sample_responses
 from data.loader import load_jsonl
@@ -38,7 +41,8 @@ class Config:
     data_dir: str = "out/data"
     policy: str = "out/sft.pt"       # made by: python sft.py
     out: str = "out/comparisons.jsonl"
-    n_prompts: int = 0               # 0: every prompt of rm_prompts.jsonl; else its first n
+    start_prompt: int = 0            # the first prompt of rm_prompts.jsonl to rank answers to
+    n_prompts: int = 0               # 0: every prompt from there on; else the next n
     k: int = 6                       # responses per prompt, 4 to 9 as in the paper
     n_other: int = 1                 # and this many written for other prompts (other_answers)
     temperature: float = 1.0
@@ -80,7 +84,10 @@ if __name__ == "__main__":
     fits = row_check(enc, model.config.block_size, cfg.max_new_tokens, gold=True)
     prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "rm_prompts.jsonl"), "prompts",
                                                check=fits)]
-    prompts = prompts[:cfg.n_prompts or len(prompts)]
+    if cfg.start_prompt >= len(prompts):
+        raise ConfigError(f"--start_prompt={cfg.start_prompt}: rm_prompts.jsonl has only "
+                          f"{len(prompts)} prompts")
+    prompts = prompts[cfg.start_prompt:][:cfg.n_prompts or len(prompts)]
     t0 = time.time()
     # every prompt K times in a row, so one batched pass samples all of them
     flat = [p for p in prompts for _ in range(cfg.k)]

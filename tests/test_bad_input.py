@@ -146,6 +146,7 @@ def test_a_bad_option_stops_the_script_at_once(tiny):
     ("ppo", "max_new_tokens", 0, "at least 1"),
     ("data.collect", "k", 1, "between 2 and 9"),
     ("data.collect", "noise", 0.0, "more than 0"),
+    ("data.collect", "start_prompt", -1, "at least 0"),
     ("evaluate", "split", "test", "one of eval, val"),
     ("evaluate", "n_samples", 0, "at least 1"),
     ("bestofn", "batch_size", 0, "at least 1"),

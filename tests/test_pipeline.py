@@ -62,7 +62,7 @@ def laned(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     names = ["first", "a1", "a2", "b1", "b2", "last"]
     monkeypatch.setattr(pipeline, "STAGES", [fake_stage(n) for n in names])
-    monkeypatch.setattr(pipeline, "LANES", [["a1", "a2"], ["b1", "b2"]])
+    monkeypatch.setattr(pipeline, "LANES", [[["a1", "a2"], ["b1", "b2"]]])
     monkeypatch.setattr(pipeline, "threads_per_lane", lambda device, jobs: 1 if jobs == 2 else None)
     return names
 
@@ -114,6 +114,23 @@ def test_a_stage_waits_for_the_stage_of_the_other_lane_it_needs(laned, tmp_path,
     assert ran() == ["b1"]
 
 
+def test_each_group_of_lanes_runs_between_the_stages_around_it(laned, monkeypatch):
+    monkeypatch.setattr(pipeline, "STAGES", [fake_stage(n) for n in ["c1", "c2", "mid"] + laned])
+    monkeypatch.setattr(pipeline, "LANES", [[["c1"], ["c2"]], [["a1", "a2"], ["b1", "b2"]]])
+    order = run_pipeline()
+    assert {order.index("c1"), order.index("c2")} == {0, 1}  # the first group, then mid
+    assert order[2] == "mid" and order[3] == "first" and order[-1] == "last"
+    assert os.path.exists("out/logs/c2.log") and os.path.exists("out/logs/b1.log")
+    # a group with work in one lane only runs it in this terminal; the other group in lanes
+    os.remove("out/logs/c2.log")
+    os.remove("out/logs/b1.log")
+    order = run_pipeline("--redo=c2")
+    assert order[:3] == ["c2", "mid", "first"] and order[-1] == "last"
+    assert sorted(order[3:-1]) == ["a1", "a2", "b1", "b2"]
+    assert not os.path.exists("out/logs/c2.log") and os.path.exists("out/logs/b1.log")
+    assert not os.path.exists(pipeline.UNFINISHED)
+
+
 def test_bad_arguments_are_named(laned):
     with pytest.raises(SystemExit, match="unknown stage nope"):
         pipeline.main(["--redo=nope"])
@@ -134,5 +151,17 @@ def test_only_the_first_round_ranks_answers_to_other_prompts():
     # the second round ranks a PPO policy's own samples alone; the first keeps data.collect's
     # default (one answer written for another prompt)
     commands = {name: cmd for name, cmd, _ in pipeline.STAGES}
-    assert not any(arg.startswith("--n_other") for arg in commands["compare"])
+    for first_round in ("compare", "compare_b"):
+        assert not any(arg.startswith("--n_other") for arg in commands[first_round])
     assert "--n_other=0" in commands["compare_r2"]
+
+
+def test_the_first_round_is_ranked_in_two_halves_that_meet_where_they_should():
+    commands = {name: cmd for name, cmd, _ in pipeline.STAGES}
+    first, second = commands["compare"], commands["compare_b"]
+    assert f"--n_prompts={pipeline.HALF}" in first and f"--start_prompt={pipeline.HALF}" in second
+    seed = [arg for arg in second if arg.startswith("--seed=")]
+    assert seed and seed[0] != "--seed=1337"  # other samples and labels than the first half's
+    made = {name: output for name, _, output in pipeline.STAGES}
+    assert pipeline.COMPARISONS.split(",") == [made["compare"], made["compare_b"], made["compare_r2"]]
+    assert [["compare"], ["compare_b"]] in pipeline.LANES

@@ -128,6 +128,16 @@ def test_sft_collect_reward_end_to_end(world_data):
     # four samples and one answer to another prompt of the family, where it has another
     sizes = {len(r["responses"]) for r in rows}
     assert sizes <= {4, 5} and 5 in sizes
+    # a later stretch of the prompts (pipeline.py ranks two halves side by side)
+    run(["-m", "data.collect", d, f"--policy={out / 'sft.pt'}", f"--out={out / 'cmp_b.jsonl'}",
+         "--start_prompt=3", "--n_prompts=2", "--k=2", "--max_new_tokens=12", "--device=cpu"], ROOT)
+    later = [json.loads(line)["prompt"] for line in open(out / "cmp_b.jsonl")]
+    assert later == [r["prompt"] for r in rows[3:5]]
+    result = subprocess.run([sys.executable, "-m", "data.collect", d, f"--policy={out / 'sft.pt'}",
+                             f"--out={out / 'cmp_c.jsonl'}", f"--start_prompt={len(rows)}",
+                             "--device=cpu"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and f"--start_prompt={len(rows)}" in result.stderr
+    assert not os.path.exists(out / "cmp_c.jsonl")
     stdout = run([os.path.join(ROOT, "reward.py"), d, f"--comparisons={out / 'cmp.jsonl'}",
                   f"--init={out / 'sft.pt'}", f"--out={out / 'reward.pt'}", "--batch_size=4",
                   "--val_frac=0.25", "--device=cpu"], out)
