@@ -72,30 +72,39 @@ class KVCache:
     """Keys and values of every layer for the positions seen so far, so that each new
     token costs a one-token forward pass instead of re-running the whole sequence.
     Buffers are allocated on the first write, taking batch size, device and dtype from
-    the keys themselves (so it also works under autocast)."""
+    the keys themselves (so it also works under autocast). Each layer has a buffer of its
+    own, written once per forward pass, so gradients can flow through the cache as well:
+    data/chat.score_rankings trains a reward model with a prompt's keys shared by the K
+    responses to it."""
 
     def __init__(self, n_layer, max_len):
         self.n_layer, self.max_len = n_layer, max_len
-        self.k = self.v = None  # (n_layer, B, nh, max_len, hs) once allocated
-        self.pos = 0            # positions filled; GPT.forward advances it after the last layer
+        self.k = [None] * n_layer  # per layer (B, nh, max_len, hs) once allocated
+        self.v = [None] * n_layer
+        self.pos = 0               # positions filled; GPT.forward advances it after the last layer
 
     def update(self, layer, k, v):
         # k, v: (B, nh, T, hs) for the T new positions -> all keys, values (B, nh, pos+T, hs)
         B, nh, T, hs = k.shape
-        if self.k is None:
-            shape = (self.n_layer, B, nh, self.max_len, hs)
-            self.k = torch.zeros(shape, device=k.device, dtype=k.dtype)
-            self.v = torch.zeros(shape, device=v.device, dtype=v.dtype)
+        if self.k[layer] is None:
+            self.k[layer] = k.new_zeros(B, nh, self.max_len, hs)
+            self.v[layer] = v.new_zeros(B, nh, self.max_len, hs)
         end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def keep(self, rows):
         """Keep the batch rows where rows (B,) bool is True: the rows still generating."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.k, self.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
+
+    def repeat(self, n):
+        """Each batch row n times in a row, (B, ...) -> (B * n, ...): n continuations of
+        each row, all reading its keys and values."""
+        self.k = [k.repeat_interleave(n, dim=0) for k in self.k]
+        self.v = [v.repeat_interleave(n, dim=0) for v in self.v]
 
 
 def rotary(position_ids, head_size, base=10000.0):

@@ -9,6 +9,8 @@ from the labelers' rankings with the pairwise loss of InstructGPT eq. 1:
 
 All C(K,2) comparisons of one prompt sit in one batch element, so each response goes
 through the model once (K passes, not K(K-1)), and one epoch is enough, as in the paper.
+The prompt goes through once as well: its keys and values are shared by its K responses
+(data/chat.score_rankings), which halves the tokens of a step.
 After training a bias is added so the SFT demonstrations score 0 on average; their spread
 is saved as `score_std`, which PPO divides by.
 
@@ -36,7 +38,7 @@ from tqdm import tqdm
 from checkpoint import load_checkpoint, save_checkpoint
 from common import Logger, check_finite, log_path, parse_config, peak_memory, setup
 from data import world
-from data.chat import row_check, score_responses
+from data.chat import row_check, score_rankings, score_responses
 from data.loader import load_jsonl, preferences, split_comparisons
 from data.tokenizer import get_tokenizer
 
@@ -79,8 +81,9 @@ def pairwise_loss(rewards, pair_mask):
 
 
 def ranking_batch(rows):
-    """Prompts, responses and masks for a batch of rankings (K may differ between rows).
-    pair_mask[b, i, j] is True where row b ranks response i strictly above response j."""
+    """Prompts (B,), responses (B lists of K) and masks for a batch of rankings (K may
+    differ between rows). pair_mask[b, i, j] is True where row b ranks response i strictly
+    above response j."""
     K = max(len(r["responses"]) for r in rows)
     prompts, responses = [], []
     valid = torch.zeros(len(rows), K, dtype=torch.bool)
@@ -91,9 +94,8 @@ def ranking_batch(rows):
         for i, j in preferences(row):  # a tie is no comparison, nor are identical responses
             pair_mask[b, i, j] = True
         # short rankings are padded with copies of their last response, masked out above
-        rs = rs + [rs[-1]] * (K - len(rs))
-        prompts += [row["prompt"]] * K
-        responses += rs
+        prompts.append(row["prompt"])
+        responses.append(rs + [rs[-1]] * (K - len(rs)))
     return prompts, responses, valid, pair_mask
 
 
@@ -107,8 +109,7 @@ def evaluate(model, enc, rows, device, batch_size):
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
         prompts, responses, valid, pair_mask = ranking_batch(batch)
-        K = valid.shape[1]
-        r = score_responses(model, enc, prompts, responses, device).view(-1, K).cpu()
+        r = score_rankings(model, enc, prompts, responses, device).cpu()  # (B, K)
         hits += ((r[:, :, None] > r[:, None, :]) & pair_mask).sum().item()
         n += pair_mask.sum().item()
         for b, row in enumerate(batch):
@@ -155,8 +156,7 @@ if __name__ == "__main__":
                 group["lr"] = lr
             prompts, responses, valid, pair_mask = ranking_batch([train_rows[j] for j in order[i:i + cfg.batch_size]])
             with autocast:
-                rewards = score_responses(model, enc, prompts, responses, device)  # (B*K,)
-            rewards = rewards.float().view(valid.shape)  # (B, K)
+                rewards = score_rankings(model, enc, prompts, responses, device).float()  # (B, K)
             loss = pairwise_loss(rewards, pair_mask.to(device))
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

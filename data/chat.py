@@ -14,6 +14,7 @@ from common import autocast_for
 from data import world
 from data.loader import load_description, load_jsonl
 from data.tokenizer import EOS, encode
+from model import KVCache
 
 
 def chat_text(enc, prompt):
@@ -115,6 +116,33 @@ def score_responses(model, enc, prompts, responses, device, add_eos=False):
     """Reward-model score of each (prompt, response): the scalar at the last token (B,)."""
     ids, attn, _ = encode_pairs(enc, prompts, responses, device, model.config.block_size, add_eos)
     return model(ids, attention_mask=attn)[:, -1]  # left padding: the last column is the end
+
+
+def score_rankings(model, enc, prompts, responses, device):
+    """Reward-model scores of K responses to each of B prompts: prompts (B,), responses B
+    lists of K -> (B, K). Each prompt goes through the model once, not K times: its keys
+    and values go into a KV cache, which the K responses then read, as a sampled response
+    reads its prompt's. The same scores as score_responses on the K * B pairs, for half
+    the tokens: a prompt is two thirds of a pair, and the responses are padded only to the
+    longest response. Gradients flow through the cache back into the prompt's pass."""
+    K = len(responses[0])
+    prompt_ids, prompt_mask = encode_prompts(enc, prompts, device)  # (B, Tp), left-padded
+    rows = [encode(enc, " " + r) for group in responses for r in group]
+    Tr = max(len(r) for r in rows)
+    if prompt_ids.size(1) + Tr > model.config.block_size:  # the longest prompt and response
+        flat_prompts = [p for p in prompts for _ in range(K)]  # may not fit together: one by one
+        flat = [r for group in responses for r in group]
+        return score_responses(model, enc, flat_prompts, flat, device).view(-1, K)
+    pad = enc.eot_token  # responses LEFT-padded too, so each one ends in the last column
+    ids = torch.tensor([[pad] * (Tr - len(r)) + r for r in rows], device=device)   # (B * K, Tr)
+    mask = torch.tensor([[0] * (Tr - len(r)) + [1] * len(r) for r in rows], device=device)
+    cache = KVCache(model.config.n_layer, prompt_ids.size(1) + Tr)
+    model(prompt_ids, attention_mask=prompt_mask, kv_cache=cache)  # fills the cache
+    cache.repeat(K)  # prompt b's keys for its K responses
+    # the padding between a prompt and its response is masked out like any other, and
+    # positions count real tokens only, so each response sits where it would sit alone
+    mask = torch.cat([prompt_mask.repeat_interleave(K, dim=0), mask], dim=1)  # (B * K, Tp + Tr)
+    return model(ids, attention_mask=mask, kv_cache=cache)[:, -1].view(-1, K)
 
 
 def load_eval_prompts(data_dir, enc, block_size, max_new_tokens, n_prompts):

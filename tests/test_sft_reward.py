@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, save_checkpoint
-from data.chat import encode_pairs, score_responses
+from data.chat import encode_pairs, score_rankings, score_responses
 from data import generate
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig
@@ -104,6 +104,40 @@ def test_reward_score_is_read_at_the_last_token_whatever_the_padding(world_data)
         right_scores = scores[torch.arange(2), lengths - 1]
     assert torch.allclose(batched, torch.tensor(alone), atol=1e-5)
     assert torch.allclose(right_scores, batched, atol=1e-5)
+
+
+def test_a_prompt_read_once_for_its_k_responses_gives_the_same_scores_and_gradients(world_data):
+    out, enc = world_data
+    rm, _ = load_checkpoint(str(out / "pretrain.pt"), scalar_head=True)
+    prompts = ["What is 1 plus 2?", "Text: Tom lives in Oslo.\nQuestion: Where does Tom live?"]
+    responses = [["3.<|endoftext|>", "1 plus 2 is 3.<|endoftext|>", "4"],
+                 ["Tom lives in Oslo.<|endoftext|>", "Oslo.<|endoftext|>", "The text does not say."]]
+    flat_prompts = [p for p in prompts for _ in range(3)]
+    flat = [r for group in responses for r in group]
+    grads = []
+    for score in (lambda: score_rankings(rm, enc, prompts, responses, "cpu"),
+                  lambda: score_responses(rm, enc, flat_prompts, flat, "cpu").view(2, 3)):
+        rm.zero_grad()
+        scores = score()
+        (scores * torch.arange(6.0).view(2, 3)).sum().backward()  # a gradient through every score
+        grads.append(torch.cat([p.grad.flatten() for p in rm.parameters() if p.grad is not None]))
+        if len(grads) == 1:
+            shared = scores.detach()
+    assert shared.shape == (2, 3)
+    assert torch.allclose(shared, scores.detach(), atol=1e-5)
+    # the prompt's pass gets its gradient through the cache: the embeddings of prompt tokens too
+    assert grads[0].shape == grads[1].shape and torch.allclose(grads[0], grads[1], atol=1e-5)
+    # where the longest prompt and the longest response do not fit in the context together,
+    # though every pair does, it scores pair by pair
+    responses = [["3.", "1 plus 2 is 3, and 3 is 1 plus 2.<|endoftext|>"], ["Oslo.", "Oslo"]]
+    flat_prompts, flat = [p for p in prompts for _ in range(2)], sum(responses, [])
+    ids, attn, resp = encode_pairs(enc, flat_prompts, flat, "cpu", 192)
+    rm.config.block_size = attn.sum(1).max().item()  # the longest pair just fits
+    longest_prompt = max((attn - resp).sum(1)).item()
+    assert longest_prompt + resp.sum(1).max().item() > rm.config.block_size
+    with torch.no_grad():
+        expected = score_responses(rm, enc, flat_prompts, flat, "cpu").view(2, 2)
+        assert torch.allclose(score_rankings(rm, enc, prompts, responses, "cpu"), expected)
 
 
 def run(args, cwd):
