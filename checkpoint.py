@@ -89,7 +89,7 @@ def load_checkpoint(path, device="cpu", make_cmd=None, tokenizer=None, scalar_he
     allowed_missing = set()
     if config.scalar_head != saved_scalar:
         # a different head: load the body only; the new head keeps its init
-        # (zero score head, or an lm_head tied to the loaded wte)
+        # (a small random score head, or an lm_head tied to the loaded wte)
         state = {k: v for k, v in state.items() if k not in head_keys}
         allowed_missing = head_keys
     try:

@@ -131,7 +131,7 @@ OPTION_RANGES = {
     # where 0 means none, or all, or never
     **dict.fromkeys(["warmup_iters", "n_eval_prompts", "n_prompts", "n_shots", "pairs_per_prompt",
                      "sample_every", "save_every", "ppo_iters", "max_rows", "n_rankings",
-                     "n_other", "start_prompt"],
+                     "n_other"],
                     at_least(0)),
     # data.hh's token limits: a row longer than these is dropped
     **dict.fromkeys(["max_prompt_tokens", "max_response_tokens"], at_least(1)),
@@ -143,6 +143,7 @@ OPTION_RANGES = {
     **dict.fromkeys(["val_frac", "clip_eps", "sft_share", "rm_share"], inside(0, 1)),
     **dict.fromkeys(["gamma", "lam", "terse_share", "myth_rate"], between(0, 1)),
     "dropout": ((lambda x: 0 <= x < 1), "at least 0 and less than 1"),
+    "start_prompt": at_least(0),             # an index: 0 is the first prompt
     "k": between(2, 9),                      # the paper ranked 4 to 9 responses
     "seed": between(0, 2**32 - 1),           # what numpy accepts
     "vocab_size": between(257, 65536),       # 256 bytes and EOS; the corpus is stored as uint16

@@ -72,10 +72,10 @@ class KVCache:
     """Keys and values of every layer for the positions seen so far, so that each new
     token costs a one-token forward pass instead of re-running the whole sequence.
     Buffers are allocated on the first write, taking batch size, device and dtype from
-    the keys themselves (so it also works under autocast). Each layer has a buffer of its
-    own, written once per forward pass, so gradients can flow through the cache as well:
-    data/chat.score_rankings trains a reward model with a prompt's keys shared by the K
-    responses to it."""
+    the keys themselves (so it also works under autocast). Gradients can flow through it:
+    each layer has a buffer of its own, and a buffer is never written again while a graph
+    still needs it, since repeat() and keep() make new ones. So a pass over a prompt, a
+    repeat, and a pass over its continuations can be backpropagated together."""
 
     def __init__(self, n_layer, max_len):
         self.n_layer, self.max_len = n_layer, max_len

@@ -65,7 +65,8 @@ STAGES = [  # name, command, the file it makes
     ("compare", ["-m", "data.collect", f"--n_prompts={HALF}"], "out/comparisons.jsonl"),
     ("compare_b", ["-m", "data.collect", f"--start_prompt={HALF}", "--seed=1338",
                    "--out=out/comparisons_b.jsonl"], "out/comparisons_b.jsonl"),
-    ("reward_r1", ["reward.py", "--out=out/reward_r1.pt"], "out/reward_r1.pt"),
+    ("reward_r1", ["reward.py", "--comparisons=out/comparisons.jsonl", "--out=out/reward_r1.pt"],
+     "out/reward_r1.pt"),
     ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND1_ITERS}",
                 f"--beta={ROUND1_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
     ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",
@@ -162,7 +163,8 @@ def run_lane(lane, to_run, threads, ended, ok):
 
 def run_lanes(lanes, to_run, threads):
     """Two lanes side by side, each with `threads` threads; stops the pipeline if a stage
-    failed."""
+    failed. Every stage of the group was marked unfinished, so the next run runs the whole
+    group again, and every later stage."""
     names = [n for lane in lanes for n in lane]
     ended, ok = {n: threading.Event() for n in names}, {}
     with ThreadPoolExecutor(len(lanes)) as pool:
@@ -209,11 +211,12 @@ def main(argv):
         changed = True
 
     threads = threads_per_lane(device, jobs)
-    groups = []  # the groups of lanes that run side by side: where both lanes have work
-    for group in LANES if threads else []:
-        lanes = [[n for n in lane if n in to_run] for lane in group]
-        if all(lanes):
-            groups.append(lanes)
+    groups = []  # the groups of lanes that run side by side: those where both lanes have work
+    if threads:
+        for group in LANES:
+            to_run_here = [[n for n in lane if n in to_run] for lane in group]
+            if all(to_run_here):
+                groups.append(to_run_here)
     group_of = {n: g for g, lanes in enumerate(groups) for lane in lanes for n in lane}
     t_start, running, groups_run = time.time(), [], set()
     try:

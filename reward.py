@@ -10,7 +10,7 @@ from the labelers' rankings with the pairwise loss of InstructGPT eq. 1:
 All C(K,2) comparisons of one prompt sit in one batch element, so each response goes
 through the model once (K passes, not K(K-1)), and one epoch is enough, as in the paper.
 The prompt goes through once as well: its keys and values are shared by its K responses
-(data/chat.score_rankings), which halves the tokens of a step.
+(data/chat.score_rankings), which here halves the tokens of a step.
 After training a bias is added so the SFT demonstrations score 0 on average; their spread
 is saved as `score_std`, which PPO divides by.
 
@@ -81,22 +81,20 @@ def pairwise_loss(rewards, pair_mask):
 
 
 def ranking_batch(rows):
-    """Prompts (B,), responses (B lists of K) and masks for a batch of rankings (K may
-    differ between rows). pair_mask[b, i, j] is True where row b ranks response i strictly
-    above response j."""
+    """Prompts (B,), responses (B lists of K) and the pair mask (B, K, K) for a batch of
+    rankings (K may differ between rows). pair_mask[b, i, j] is True where row b ranks
+    response i strictly above response j."""
     K = max(len(r["responses"]) for r in rows)
     prompts, responses = [], []
-    valid = torch.zeros(len(rows), K, dtype=torch.bool)
     pair_mask = torch.zeros(len(rows), K, K, dtype=torch.bool)
     for b, row in enumerate(rows):
         rs = row["responses"]
-        valid[b, :len(rs)] = True
         for i, j in preferences(row):  # a tie is no comparison, nor are identical responses
             pair_mask[b, i, j] = True
-        # short rankings are padded with copies of their last response, masked out above
+        # short rankings are padded with copies of their last response, in no pair above
         prompts.append(row["prompt"])
         responses.append(rs + [rs[-1]] * (K - len(rs)))
-    return prompts, responses, valid, pair_mask
+    return prompts, responses, pair_mask
 
 
 @torch.no_grad()
@@ -108,7 +106,7 @@ def evaluate(model, enc, rows, device, batch_size):
     rm_all, gold_all = [], []
     for i in range(0, len(rows), batch_size):
         batch = rows[i:i + batch_size]
-        prompts, responses, valid, pair_mask = ranking_batch(batch)
+        prompts, responses, pair_mask = ranking_batch(batch)
         r = score_rankings(model, enc, prompts, responses, device).cpu()  # (B, K)
         hits += ((r[:, :, None] > r[:, None, :]) & pair_mask).sum().item()
         n += pair_mask.sum().item()
@@ -135,7 +133,7 @@ if __name__ == "__main__":
     cfg = parse_config(Config, sys.argv[1:], gpu=GPU)
     device, autocast = setup(cfg)
     enc = get_tokenizer(cfg.data_dir)
-    # SFT body, scalar head starting at zero: every response scores 0 at step 0
+    # SFT body, a fresh scalar head (small random weights, model.GPT): opinions at chance
     model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
                                scalar_head=True, dropout=0.0, kind="language model")
     train_rows, val_rows = split_comparisons(cfg.comparisons, cfg.val_frac, cfg.n_rankings,
@@ -154,9 +152,9 @@ if __name__ == "__main__":
             lr = cfg.min_lr + 0.5 * (1 + math.cos(math.pi * it / max_iters)) * (cfg.lr - cfg.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            prompts, responses, valid, pair_mask = ranking_batch([train_rows[j] for j in order[i:i + cfg.batch_size]])
+            prompts, responses, pair_mask = ranking_batch([train_rows[j] for j in order[i:i + cfg.batch_size]])
             with autocast:
-                rewards = score_rankings(model, enc, prompts, responses, device).float()  # (B, K)
+                rewards = score_rankings(model, enc, prompts, responses, device)  # (B, K), fp32
             loss = pairwise_loss(rewards, pair_mask.to(device))
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -22,16 +22,20 @@ def chat_text(enc, prompt):
     return enc.chat_template.replace("{prompt}", prompt)
 
 
+def left_pad(rows, pad, device):
+    """Token lists, LEFT-padded with `pad` to the longest, so that every row ends in the
+    last column. Returns ids (B, T) and attention_mask (B, T), 1 for real tokens."""
+    T = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
 def encode_prompts(enc, prompts, device):
     """Chat-format and tokenize prompts, LEFT-padded so every row's last prompt token sits
     in the same column and generation continues all rows at once.
     Returns ids (B, T) and attention_mask (B, T), 1 for real tokens."""
-    rows = [encode(enc, chat_text(enc, p)) for p in prompts]
-    T = max(len(r) for r in rows)
-    pad = enc.eot_token
-    ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)
-    return ids, mask
+    return left_pad([encode(enc, chat_text(enc, p)) for p in prompts], enc.eot_token, device)
 
 
 def decode_responses(enc, new_tokens, eos_id):
@@ -122,27 +126,32 @@ def score_rankings(model, enc, prompts, responses, device):
     """Reward-model scores of K responses to each of B prompts: prompts (B,), responses B
     lists of K -> (B, K). Each prompt goes through the model once, not K times: its keys
     and values go into a KV cache, which the K responses then read, as a sampled response
-    reads its prompt's. The same scores as score_responses on the K * B pairs, for half
-    the tokens: a prompt is two thirds of a pair, and the responses are padded only to the
-    longest response. Gradients flow through the cache back into the prompt's pass."""
+    reads its prompt's. The same scores as score_responses on the B * K pairs (with
+    dropout off, as a reward model has it) for fewer tokens: here a prompt is two thirds of
+    a pair, and the responses are padded only to the longest response. Gradients flow
+    through the cache back into the prompt's pass."""
     K = len(responses[0])
-    prompt_ids, prompt_mask = encode_prompts(enc, prompts, device)  # (B, Tp), left-padded
-    rows = [encode(enc, " " + r) for group in responses for r in group]
-    Tr = max(len(r) for r in rows)
-    if prompt_ids.size(1) + Tr > model.config.block_size:  # the longest prompt and response
-        flat_prompts = [p for p in prompts for _ in range(K)]  # may not fit together: one by one
+    if any(len(group) != K for group in responses):
+        raise ValueError("score_rankings needs K responses to every prompt; "
+                         "reward.ranking_batch pads a short ranking")
+    prompt_ids, prompt_attn = encode_prompts(enc, prompts, device)  # (B, Tp), left-padded
+    response_tokens = [encode(enc, " " + r) for group in responses for r in group]
+    if prompt_ids.size(1) + max(map(len, response_tokens)) > model.config.block_size:
+        # the longest prompt and the longest response do not fit in the context together:
+        # each (prompt, response) pair as a row of its own, as score_responses reads them
+        flat_prompts = [p for p in prompts for _ in range(K)]
         flat = [r for group in responses for r in group]
         return score_responses(model, enc, flat_prompts, flat, device).view(-1, K)
-    pad = enc.eot_token  # responses LEFT-padded too, so each one ends in the last column
-    ids = torch.tensor([[pad] * (Tr - len(r)) + r for r in rows], device=device)   # (B * K, Tr)
-    mask = torch.tensor([[0] * (Tr - len(r)) + [1] * len(r) for r in rows], device=device)
-    cache = KVCache(model.config.n_layer, prompt_ids.size(1) + Tr)
-    model(prompt_ids, attention_mask=prompt_mask, kv_cache=cache)  # fills the cache
-    cache.repeat(K)  # prompt b's keys for its K responses
+    # responses LEFT-padded too, so that each one ends in the last column
+    response_ids, response_attn = left_pad(response_tokens, enc.eot_token, device)  # (B * K, Tr)
+    cache = KVCache(model.config.n_layer, prompt_ids.size(1) + response_ids.size(1))
+    model(prompt_ids, attention_mask=prompt_attn, kv_cache=cache)  # fills the cache
+    cache.repeat(K)  # prompt b's keys and values for each of its K responses
     # the padding between a prompt and its response is masked out like any other, and
     # positions count real tokens only, so each response sits where it would sit alone
-    mask = torch.cat([prompt_mask.repeat_interleave(K, dim=0), mask], dim=1)  # (B * K, Tp + Tr)
-    return model(ids, attention_mask=mask, kv_cache=cache)[:, -1].view(-1, K)
+    attention_mask = torch.cat([prompt_attn.repeat_interleave(K, dim=0), response_attn], dim=1)
+    scores = model(response_ids, attention_mask=attention_mask, kv_cache=cache)  # (B * K, Tr)
+    return scores[:, -1].view(-1, K)  # each response's last token
 
 
 def load_eval_prompts(data_dir, enc, block_size, max_new_tokens, n_prompts):

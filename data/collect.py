@@ -41,7 +41,7 @@ class Config:
     data_dir: str = "out/data"
     policy: str = "out/sft.pt"       # made by: python sft.py
     out: str = "out/comparisons.jsonl"
-    start_prompt: int = 0            # the first prompt of rm_prompts.jsonl to rank answers to
+    start_prompt: int = 0            # where to start in rm_prompts.jsonl, counting from 0
     n_prompts: int = 0               # 0: every prompt from there on; else the next n
     k: int = 6                       # responses per prompt, 4 to 9 as in the paper
     n_other: int = 1                 # and this many written for other prompts (other_answers)
@@ -87,7 +87,8 @@ if __name__ == "__main__":
     if cfg.start_prompt >= len(prompts):
         raise ConfigError(f"--start_prompt={cfg.start_prompt}: rm_prompts.jsonl has only "
                           f"{len(prompts)} prompts")
-    prompts = prompts[cfg.start_prompt:][:cfg.n_prompts or len(prompts)]
+    end = cfg.start_prompt + cfg.n_prompts if cfg.n_prompts else len(prompts)
+    prompts = prompts[cfg.start_prompt:end]
     t0 = time.time()
     # every prompt K times in a row, so one batched pass samples all of them
     flat = [p for p in prompts for _ in range(cfg.k)]

@@ -152,6 +152,31 @@ def test_kv_cache_forward_matches_full_forward():
     torch.testing.assert_close(torch.cat([first] + rest, dim=1), full, atol=1e-5, rtol=0)
 
 
+def test_gradients_flow_through_a_cache_repeated_for_several_continuations():
+    # a prompt's pass, its cache repeated for two continuations each, the continuations'
+    # pass: the same outputs and gradients as the whole sequences, each prompt written twice
+    model = tiny_model(scalar_head=True)
+    ids, mask = left_pad(PROMPTS)
+    torch.manual_seed(1)
+    more = torch.randint(1, VOCAB, (2 * len(PROMPTS), 3))
+    weights = torch.randn(2 * len(PROMPTS), 3)
+    model.zero_grad()
+    cache = KVCache(model.config.n_layer, ids.size(1) + 3)
+    model(ids, mask, kv_cache=cache)
+    cache.repeat(2)
+    twice = mask.repeat_interleave(2, dim=0)
+    shared = model(more, torch.cat([twice, torch.ones_like(more)], 1), kv_cache=cache)
+    (shared * weights).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    whole = model(torch.cat([ids.repeat_interleave(2, dim=0), more], 1),
+                  torch.cat([twice, torch.ones_like(more)], 1))[:, -3:]
+    (whole * weights).sum().backward()
+    torch.testing.assert_close(shared, whole, atol=1e-5, rtol=0)
+    for (name, p), g in zip(model.named_parameters(), grads):
+        torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_token_logprobs_and_entropy():
     logits = torch.randn(2, 3, VOCAB)
     tokens = torch.randint(0, VOCAB, (2, 3))

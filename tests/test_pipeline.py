@@ -9,6 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import pipeline  # noqa: E402
+from data import collect, generate  # noqa: E402
 
 
 def fake_stage(name):
@@ -131,6 +132,21 @@ def test_each_group_of_lanes_runs_between_the_stages_around_it(laned, monkeypatc
     assert not os.path.exists(pipeline.UNFINISHED)
 
 
+def test_a_failed_stage_of_the_first_group_stops_before_the_stages_after_it(laned, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(pipeline, "STAGES", [fake_stage(n) for n in ["c1", "c2", "mid"] + laned])
+    monkeypatch.setattr(pipeline, "LANES", [[["c1"], ["c2"]], [["a1", "a2"], ["b1", "b2"]]])
+    (tmp_path / "fail_c2").touch()
+    with pytest.raises(SystemExit, match="stage c2 failed"):
+        run_pipeline()
+    assert sorted(ran()) == ["c1", "c2"]  # neither mid nor the second group started
+    assert open(pipeline.UNFINISHED).read().split() == ["c1", "c2"]
+    (tmp_path / "fail_c2").unlink()
+    order = run_pipeline()  # the whole group again (c1 was marked too), then the rest
+    assert sorted(order[:2]) == ["c1", "c2"] and order[2:4] == ["mid", "first"]
+    assert sorted(order[4:-1]) == ["a1", "a2", "b1", "b2"] and order[-1] == "last"
+
+
 def test_bad_arguments_are_named(laned):
     with pytest.raises(SystemExit, match="unknown stage nope"):
         pipeline.main(["--redo=nope"])
@@ -159,9 +175,23 @@ def test_only_the_first_round_ranks_answers_to_other_prompts():
 def test_the_first_round_is_ranked_in_two_halves_that_meet_where_they_should():
     commands = {name: cmd for name, cmd, _ in pipeline.STAGES}
     first, second = commands["compare"], commands["compare_b"]
+    assert 2 * pipeline.HALF == generate.Config().n_rm  # the two halves are all the prompts
     assert f"--n_prompts={pipeline.HALF}" in first and f"--start_prompt={pipeline.HALF}" in second
     seed = [arg for arg in second if arg.startswith("--seed=")]
-    assert seed and seed[0] != "--seed=1337"  # other samples and labels than the first half's
+    # other samples and labels than the first half's, whose seed is data.collect's default
+    assert seed and seed[0] != f"--seed={collect.Config().seed}"
+    assert not any(arg.startswith("--seed=") for arg in first)
     made = {name: output for name, _, output in pipeline.STAGES}
     assert pipeline.COMPARISONS.split(",") == [made["compare"], made["compare_b"], made["compare_r2"]]
+    # the first reward model learns from the first half alone
+    assert f"--comparisons={made['compare']}" in commands["reward_r1"]
     assert [["compare"], ["compare_b"]] in pipeline.LANES
+
+
+def test_each_group_of_lanes_is_a_stretch_of_the_stages_and_holds_what_its_stages_wait_for():
+    names = [name for name, _, _ in pipeline.STAGES]
+    for group in pipeline.LANES:
+        where = sorted(names.index(n) for lane in group for n in lane)
+        assert where == list(range(where[0], where[-1] + 1))
+    for stage, needed in pipeline.WAITS_FOR.items():
+        assert any(stage in sum(group, []) and needed in sum(group, []) for group in pipeline.LANES)

@@ -46,20 +46,22 @@ def test_pairwise_loss_equals_naive_pair_by_pair():
     rewards = torch.randn(B, K)
     rows = [{"prompt": "p", "responses": [f"r{i}" for i in range(K)]} for _ in range(B)]
     rows[1]["responses"] = rows[1]["responses"][:3]  # a ranking of 3 among rankings of 5
-    _, _, valid, pair_mask = ranking_batch(rows)
+    _, responses, pair_mask = ranking_batch(rows)
     naive = []
     for b, row in enumerate(rows):
         k = len(row["responses"])
         pairs = list(itertools.combinations(range(k), 2))  # (better, worse)
         naive.append(sum(-F.logsigmoid(rewards[b, i] - rewards[b, j]) for i, j in pairs) / len(pairs))
     assert torch.allclose(pairwise_loss(rewards, pair_mask), torch.stack(naive).mean())
-    assert valid.sum().item() == 5 + 3 + 5
+    # the short ranking is padded to five with copies of its last response, in no pair
+    assert responses[1] == ["r0", "r1", "r2", "r2", "r2"] and not pair_mask[1, 3:].any()
+    assert not pair_mask[1, :, 3:].any()
 
 
 def test_tied_responses_are_not_compared():
     # InstructGPT eq. 1 counts the ranked pairs: a tie between "b" and "c" is no comparison
     rows = [{"prompt": "p", "responses": ["a", "b", "c", "d"], "ranks": [0, 1, 1, 2]}]
-    _, _, _, pair_mask = ranking_batch(rows)
+    _, _, pair_mask = ranking_batch(rows)
     expected = {(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)}
     assert {(i, j) for i in range(4) for j in range(4) if pair_mask[0, i, j]} == expected
     # the loss is the same whatever the two tied responses score against each other
@@ -70,7 +72,7 @@ def test_tied_responses_are_not_compared():
 
 def test_identical_responses_are_not_compared():
     rows = [{"prompt": "p", "responses": ["a", "a", "b"]}]
-    _, _, _, pair_mask = ranking_batch(rows)
+    _, _, pair_mask = ranking_batch(rows)
     assert not pair_mask[0, 0, 1] and pair_mask[0, 0, 2] and pair_mask[0, 1, 2]
 
 
@@ -114,30 +116,42 @@ def test_a_prompt_read_once_for_its_k_responses_gives_the_same_scores_and_gradie
                  ["Tom lives in Oslo.<|endoftext|>", "Oslo.<|endoftext|>", "The text does not say."]]
     flat_prompts = [p for p in prompts for _ in range(3)]
     flat = [r for group in responses for r in group]
-    grads = []
-    for score in (lambda: score_rankings(rm, enc, prompts, responses, "cpu"),
-                  lambda: score_responses(rm, enc, flat_prompts, flat, "cpu").view(2, 3)):
-        rm.zero_grad()
-        scores = score()
-        (scores * torch.arange(6.0).view(2, 3)).sum().backward()  # a gradient through every score
-        grads.append(torch.cat([p.grad.flatten() for p in rm.parameters() if p.grad is not None]))
-        if len(grads) == 1:
-            shared = scores.detach()
+    weights = torch.arange(1.0, 7.0).view(2, 3)  # a gradient through every score
+
+    calls = []  # (rows, columns, through a cache) of each forward pass
+    hook = rm.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append((*args[0].shape, kwargs.get("kv_cache") is not None)),
+        with_kwargs=True)
+    rm.zero_grad()
+    shared = score_rankings(rm, enc, prompts, responses, "cpu")
+    (shared * weights).sum().backward()
+    shared_grads = [p.grad.clone() for p in rm.parameters()]
+    hook.remove()
+    # the two prompts once, then the six responses reading their prompt's keys and values
+    assert [(rows, cached) for rows, _, cached in calls] == [(2, True), (6, True)]
+
+    rm.zero_grad()
+    flat_scores = score_responses(rm, enc, flat_prompts, flat, "cpu").view(2, 3)
+    (flat_scores * weights).sum().backward()
     assert shared.shape == (2, 3)
-    assert torch.allclose(shared, scores.detach(), atol=1e-5)
-    # the prompt's pass gets its gradient through the cache: the embeddings of prompt tokens too
-    assert grads[0].shape == grads[1].shape and torch.allclose(grads[0], grads[1], atol=1e-5)
+    torch.testing.assert_close(shared, flat_scores, atol=1e-5, rtol=0)
+    # the prompt's pass gets its gradient through the cache: the prompt tokens' embeddings too
+    for p, g in zip(rm.parameters(), shared_grads):
+        torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
+
     # where the longest prompt and the longest response do not fit in the context together,
-    # though every pair does, it scores pair by pair
+    # though every pair does, each pair is a row of its own, as score_responses reads them
     responses = [["3.", "1 plus 2 is 3, and 3 is 1 plus 2.<|endoftext|>"], ["Oslo.", "Oslo"]]
     flat_prompts, flat = [p for p in prompts for _ in range(2)], sum(responses, [])
     ids, attn, resp = encode_pairs(enc, flat_prompts, flat, "cpu", 192)
     rm.config.block_size = attn.sum(1).max().item()  # the longest pair just fits
-    longest_prompt = max((attn - resp).sum(1)).item()
+    longest_prompt = (attn - resp).sum(1).max().item()
     assert longest_prompt + resp.sum(1).max().item() > rm.config.block_size
     with torch.no_grad():
         expected = score_responses(rm, enc, flat_prompts, flat, "cpu").view(2, 2)
-        assert torch.allclose(score_rankings(rm, enc, prompts, responses, "cpu"), expected)
+        torch.testing.assert_close(score_rankings(rm, enc, prompts, responses, "cpu"), expected)
+    with pytest.raises(ValueError, match="K responses to every prompt"):
+        score_rankings(rm, enc, prompts, [["3."], ["Oslo.", "Oslo"]], "cpu")
 
 
 def run(args, cwd):
@@ -170,7 +184,8 @@ def test_sft_collect_reward_end_to_end(world_data):
     result = subprocess.run([sys.executable, "-m", "data.collect", d, f"--policy={out / 'sft.pt'}",
                              f"--out={out / 'cmp_c.jsonl'}", f"--start_prompt={len(rows)}",
                              "--device=cpu"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0 and f"--start_prompt={len(rows)}" in result.stderr
+    assert result.returncode == 1 and f"--start_prompt={len(rows)}" in result.stderr
+    assert "Traceback" not in result.stderr  # one line, as every bad option
     assert not os.path.exists(out / "cmp_c.jsonl")
     stdout = run([os.path.join(ROOT, "reward.py"), d, f"--comparisons={out / 'cmp.jsonl'}",
                   f"--init={out / 'sft.pt'}", f"--out={out / 'reward.pt'}", "--batch_size=4",
