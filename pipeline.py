@@ -63,6 +63,7 @@ STAGES = [  # name, command, the file it makes
     ("pretrain", ["pretrain.py"], "out/pretrain.pt"),
     ("sft", ["sft.py"], "out/sft.pt"),
     ("compare", ["-m", "data.collect", f"--n_prompts={HALF}"], "out/comparisons.jsonl"),
+    # the second half with a seed of its own: its samples and labels drawn afresh
     ("compare_b", ["-m", "data.collect", f"--start_prompt={HALF}", "--seed=1338",
                    "--out=out/comparisons_b.jsonl"], "out/comparisons_b.jsonl"),
     ("reward_r1", ["reward.py", "--comparisons=out/comparisons.jsonl", "--out=out/reward_r1.pt"],
@@ -81,12 +82,12 @@ STAGES = [  # name, command, the file it makes
 # Stages that need what the stages before them made, but not each other: on a CPU, two
 # lanes run side by side, each its stages in turn, each process with half the threads. The
 # small matrix products of these models keep one thread busier than two, so on a 2-core
-# machine two 1-thread processes train 1.5 times, and sample twice, as fast as one 2-thread
-# process. Each group of two lanes starts when the stage before its first stage is done.
-# The first round's two halves of prompts are ranked side by side. DPO needs only the
-# comparisons, so it trains beside the reward model; plain PPO needs the reward model too,
-# so it waits for it (WAITS_FOR) if DPO finishes first, and best-of-N, which needs it as
-# well, comes after plain PPO. On a slow 2-core machine (pretraining at 15,086 tokens/s)
+# machine two 1-thread processes train 1.5 times, and sample 1.5 to 2 times, as fast as
+# one 2-thread process. Each group of two lanes starts when the stage before its first
+# stage is done. The first round's two halves of prompts are ranked side by side. DPO needs
+# only the comparisons, so it trains beside the reward model; plain PPO needs the reward
+# model too, so it waits for it (WAITS_FOR) if DPO finishes first, and best-of-N, which
+# needs it as well, comes after plain PPO. On a slow 2-core machine (pretraining at 15,086 tokens/s)
 # the halves of the comparisons took 95 s each; the reward model 164 s and PPO-ptx 302 s,
 # beside DPO 204 s, plain PPO 241 s and best-of-N 21 s.
 LANES = [  # groups of two lanes; a group's stages follow one another in STAGES
