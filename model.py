@@ -17,8 +17,8 @@ summaries rest on that skill.
 
 What is simplified, and could be exercises:
 - no flash/paged attention of our own;
-- the KV cache is a plain preallocated buffer; a row that has ended leaves the batch, but
-  no new row takes its place (no continuous batching);
+- the KV cache is a plain preallocated buffer per layer; a row that has ended leaves
+  the batch, but no new row takes its place (no continuous batching);
 - sampling is temperature and top-k only (no top-p, no beam search, no repetition penalty);
 - no optimizer grouping, no torch.compile; the scripts choose the precision (bf16 autocast
   where the hardware has it, common.autocast_for), and the head always runs in fp32.

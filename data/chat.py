@@ -135,12 +135,12 @@ def score_rankings(model, enc, prompts, responses, device):
         raise ValueError("score_rankings needs K responses to every prompt; "
                          "reward.ranking_batch pads a short ranking")
     prompt_ids, prompt_attn = encode_prompts(enc, prompts, device)  # (B, Tp), left-padded
-    response_tokens = [encode(enc, " " + r) for group in responses for r in group]
+    flat = [r for group in responses for r in group]                  # B * K, prompt by prompt
+    response_tokens = [encode(enc, " " + r) for r in flat]
     if prompt_ids.size(1) + max(map(len, response_tokens)) > model.config.block_size:
         # the longest prompt and the longest response do not fit in the context together:
         # each (prompt, response) pair as a row of its own, as score_responses reads them
         flat_prompts = [p for p in prompts for _ in range(K)]
-        flat = [r for group in responses for r in group]
         return score_responses(model, enc, flat_prompts, flat, device).view(-1, K)
     # responses LEFT-padded too, so that each one ends in the last column
     response_ids, response_attn = left_pad(response_tokens, enc.eot_token, device)  # (B * K, Tr)

@@ -427,6 +427,7 @@ def test_other_answers_come_from_other_prompts_of_the_same_family():
     assert other_answers(prompts, groups, 0, rng) == [[]] * len(prompts)
     assert rng.getstate() == state
 
+
 # -----------------------------------------------------------------------------
 # the generated data sets
 
