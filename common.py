@@ -136,7 +136,7 @@ OPTION_RANGES = {
     # data.hh's token limits: a row longer than these is dropped
     **dict.fromkeys(["max_prompt_tokens", "max_response_tokens"], at_least(1)),
     # coefficients: 0 switches a term off (beta 0: no KL penalty in PPO); below, nonsense
-    **dict.fromkeys(["min_lr", "weight_decay", "ptx_coef", "beta"], at_least(0)),
+    **dict.fromkeys(["min_lr", "weight_decay", "ptx_coef", "beta", "lm_coef"], at_least(0)),
     # rates, clips and temperatures: at 0 nothing moves, or sampling divides by zero
     **dict.fromkeys(["lr", "vf_lr", "grad_clip", "max_grad_norm", "kl_target", "clip_value",
                      "temperature", "noise"], above(0)),

@@ -3,7 +3,8 @@ The GPT used by every stage of the pipeline: the SFT policy, the reward model, t
 PPO value model and the frozen reference policy are all this one class.
 
 What is here: a GPT-2 style decoder (pre-LayerNorm blocks, GELU MLP, tied unembedding)
-with rotary positions, an optional scalar head for reward and value models, left-padding
+with rotary positions, an optional scalar head for reward and value models (a reward
+model's score may add its unembedding's log-prob of the response: GPT.reward), left-padding
 aware attention masks, sampling with a KV cache and log-probs of given tokens. With
 pos_emb="learned" and gelu="tanh" the class is GPT-2 exactly, so the real pretrained
 weights can start the pipeline: gpt2_weights.py reads a Hugging Face GPT-2 download.
@@ -43,6 +44,8 @@ class GPTConfig:
     bias: bool = True          # biases in Linear and LayerNorm, as in GPT-2
     use_sdpa: bool = False     # False: attention written out; True: F.scaled_dot_product_attention
     scalar_head: bool = False  # True: a Linear(n_embd, 1) "score_head" replaces the unembedding
+    lm_coef: float = 0.0       # reward models: weight, in their score, of the mean log-prob that
+                               # the tied unembedding gives the response's tokens (GPT.reward)
     pos_emb: str = "rotary"    # "rotary" (Su et al. 2021) or "learned": GPT-2's table of block_size vectors
     gelu: str = "none"         # nn.GELU's approximate: "none" (exact erf) or "tanh" (GPT-2's)
     ln_eps: float = 1e-5       # LayerNorm epsilon (GPT-2's, and PyTorch's default)
@@ -66,6 +69,8 @@ class GPTConfig:
             raise ValueError(f"gelu must be 'none' or 'tanh', got {self.gelu!r}")
         if not isinstance(self.ln_eps, (int, float)) or not self.ln_eps > 0:
             raise ValueError(f"ln_eps must be a number above 0, got {self.ln_eps!r}")
+        if not isinstance(self.lm_coef, (int, float)) or not 0 <= self.lm_coef < math.inf:
+            raise ValueError(f"lm_coef must be a number, at least 0, got {self.lm_coef!r}")
 
 
 class KVCache:
@@ -237,6 +242,17 @@ class GPT(nn.Module):
     def forward(self, idx, attention_mask=None, position_ids=None, kv_cache=None):
         """idx (B, T) token ids; attention_mask (B, past + T), 1 = real token, 0 = padding;
         returns logits (B, T, vocab) in float32, or scores (B, T) with the scalar head."""
+        x = self.hidden_states(idx, attention_mask, position_ids, kv_cache)  # (B, T, C)
+        # the head runs in fp32 even under bf16 autocast: log-probs and scores need more than
+        # bf16's three significant digits (PPO's ratios, a reward model's small differences)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.config.scalar_head:
+                return self.score_head(x.float()).squeeze(-1)  # (B, T)
+            return self.lm_head(x.float())  # (B, T, vocab)
+
+    def hidden_states(self, idx, attention_mask=None, position_ids=None, kv_cache=None):
+        """The last layer's output after the final LayerNorm, (B, T, C): what the head reads.
+        Arguments as forward's."""
         B, T = idx.shape
         past = kv_cache.pos if kv_cache is not None else 0
         S = past + T  # number of keys every query can see at most
@@ -270,12 +286,26 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if kv_cache is not None:
             kv_cache.pos = S  # every layer has written its T new positions
-        # the head runs in fp32 even under bf16 autocast: log-probs and scores need more than
-        # bf16's three significant digits (PPO's ratios, a reward model's small differences)
-        with torch.autocast(x.device.type, enabled=False):
-            if self.config.scalar_head:
-                return self.score_head(x.float()).squeeze(-1)  # (B, T)
-            return self.lm_head(x.float())  # (B, T, vocab)
+        return x
+
+    def reward(self, last_hidden, prev_hidden, tokens, response_mask):
+        """A reward model's score of each sequence, (B,) in float32: the score head at its
+        last token, plus lm_coef times the mean log-prob of the response's tokens under the
+        tied unembedding, the language model the reward model was made from.
+        last_hidden (B, C): the hidden state at the last token. prev_hidden (B, T, C): the
+        hidden state that predicts each of tokens (B, T), the one before it. response_mask
+        (B, T): 1 on the response's tokens, 0 on the prompt and the padding.
+        Why the log-prob: a small reward model reads "7 plus 5 is 13." at its last token and
+        cannot tell the sum is wrong; its language model, which predicts the number after
+        "is", can. With lm_coef 0 this is the paper's reward model: the head alone."""
+        with torch.autocast(last_hidden.device.type, enabled=False):
+            scores = self.score_head(last_hidden.float()).squeeze(-1)  # (B,)
+            if self.config.lm_coef == 0:
+                return scores
+            logits = prev_hidden.float() @ self.wte.weight.float().t()  # (B, T, vocab)
+            mask = response_mask.float()
+            mean_logprob = (token_logprobs(logits, tokens) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+            return scores + self.config.lm_coef * mean_logprob
 
     @torch.no_grad()
     def generate(self, prompt_ids, attention_mask=None, max_new_tokens=64, temperature=1.0,

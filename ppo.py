@@ -222,6 +222,19 @@ class AdaptiveKLController:
         self.beta *= 1 + error * n_episodes / self.horizon
 
 
+def reward_model_scores(reward_model, query_response, attention_mask, response_mask):
+    """The reward model's score of each episode, (B,): GPT.reward, its head at the last
+    response token (the EOS if it ended) plus lm_coef times the response's mean log-prob.
+    query_response, attention_mask (B, Tp + N): the left-padded prompts, then the responses;
+    response_mask (B, N): True on the response's tokens, through the first EOS."""
+    context_len = query_response.size(1) - response_mask.size(1)
+    hidden = reward_model.hidden_states(query_response, attention_mask)    # (B, Tp + N, C)
+    last = hidden[torch.arange(len(hidden)), context_len + response_mask.sum(1) - 1]  # (B, C)
+    is_response = F.pad(response_mask.long(), (context_len, 0))             # (B, Tp + N)
+    # position t predicts token t + 1
+    return reward_model.reward(last, hidden[:, :-1], query_response[:, 1:], is_response[:, 1:])
+
+
 def response_logits(model, query_response, attention_mask, context_len, temperature):
     """Logits that predicted each response token, divided by the sampling temperature
     (the distribution the tokens were drawn from). (B, Tp + N) -> (B, N, vocab)."""
@@ -303,12 +316,12 @@ def main(cfg):
 
         with torch.no_grad(), autocast, visiting(reward_model, device, cfg.offload), \
                 visiting(ref_policy, device, cfg.offload):
-            # 2. score: the RM's output at the last response token (the EOS if it ended),
-            #    in units of its std on the demonstrations. A response that never ended
-            #    scores no_eos_penalty instead (Huang et al. 2023): the RM never saw one
-            #    in training, so its opinion of one is a guess that PPO would exploit
-            rm_out = reward_model(query_response, attention_mask)         # (B, Tp + N)
-            scores = rm_out[torch.arange(len(rm_out)), context_len + lengths - 1] / score_std
+            # 2. score: the RM's score (reward_model_scores), in units of its std on the
+            #    demonstrations. A response that never ended scores no_eos_penalty instead
+            #    (Huang et al. 2023): the RM never saw one in training, so its opinion of one
+            #    is a guess that PPO would exploit
+            scores = reward_model_scores(reward_model, query_response, attention_mask,
+                                         response_mask) / score_std                # (B,)
             # --gold_reward: the world's labeler replaces the RM (the RM score is still logged)
             reward_scores = gold if cfg.gold_reward else scores
             penalised = torch.where(ended, reward_scores, torch.full_like(reward_scores, cfg.no_eos_penalty))

@@ -1,9 +1,13 @@
 """
 Stage 2: the reward model (InstructGPT §3.5, "Reward modeling").
 
-The SFT model with its unembedding replaced by a scalar head reads a prompt and a
-response and outputs one number, taken at the response's last token (EOS). It learns
-from the labelers' rankings with the pairwise loss of InstructGPT eq. 1:
+The SFT model with a scalar head reads a prompt and a response and outputs one number:
+the head's output at the response's last token (EOS), plus lm_coef times the mean log-prob
+of the response's tokens under the unembedding it keeps, tied to its token embedding
+(model.GPT.reward). The paper's reward model is the head alone (--lm_coef=0). Here the
+log-prob is added because the small model cannot check a sum from its last token: its
+language model, which predicts the number after "7 plus 5 is", can (see the README). It
+learns from the labelers' rankings with the pairwise loss of InstructGPT eq. 1:
 
     loss = -1/C(K,2) * E[ log sigmoid( r(x, y_w) - r(x, y_l) ) ]
 
@@ -23,7 +27,9 @@ Run:
   python reward.py --device=cuda
 
 Simplified (exercises): the paper's reward model (6B) is smaller than its policy; here both
-are the same size. Pairs of identical responses carry no preference and are skipped.
+are the same size. Pairs of identical responses carry no preference and are skipped. The
+log-prob term is learned with the head by the same loss, with no language-modelling loss
+to keep it a language model.
 """
 import dataclasses
 import math
@@ -59,6 +65,8 @@ class Config:
     grad_clip: float = 1.0
     val_frac: float = 0.1             # prompts held out for accuracy
     n_rankings: int = 0               # 0: every ranking of each comparisons file; else its first n
+    lm_coef: float = 1.0              # the response's mean log-prob in the score (GPT.reward); 0: the
+                                      # paper's reward model, the score head alone
     log_interval: int = 10
 
 
@@ -136,6 +144,7 @@ if __name__ == "__main__":
     # SFT body, a fresh scalar head (small random weights, model.GPT): opinions at chance
     model, _ = load_checkpoint(cfg.init, device, make_cmd="python sft.py", tokenizer=enc.name,
                                scalar_head=True, dropout=0.0, kind="language model")
+    model.config.lm_coef = cfg.lm_coef  # saved with the model: PPO and best-of-N score alike
     train_rows, val_rows = split_comparisons(cfg.comparisons, cfg.val_frac, cfg.n_rankings,
                                              check=row_check(enc, model.config.block_size))
     model.train()

@@ -117,9 +117,12 @@ def encode_pairs(enc, prompts, responses, device, block_size, add_eos=False):
 
 
 def score_responses(model, enc, prompts, responses, device, add_eos=False):
-    """Reward-model score of each (prompt, response): the scalar at the last token (B,)."""
-    ids, attn, _ = encode_pairs(enc, prompts, responses, device, model.config.block_size, add_eos)
-    return model(ids, attention_mask=attn)[:, -1]  # left padding: the last column is the end
+    """Reward-model score of each (prompt, response), (B,): model.reward, the score head at
+    the last token (plus the response's log-prob where the model has an lm_coef)."""
+    ids, attn, resp = encode_pairs(enc, prompts, responses, device, model.config.block_size, add_eos)
+    hidden = model.hidden_states(ids, attention_mask=attn)  # (B, T, C)
+    # left padding: the last column is the end; position t predicts token t + 1
+    return model.reward(hidden[:, -1], hidden[:, :-1], ids[:, 1:], resp[:, 1:])
 
 
 def score_rankings(model, enc, prompts, responses, device):
@@ -145,13 +148,20 @@ def score_rankings(model, enc, prompts, responses, device):
     # responses LEFT-padded too, so that each one ends in the last column
     response_ids, response_attn = left_pad(response_tokens, enc.eot_token, device)  # (B * K, Tr)
     cache = KVCache(model.config.n_layer, prompt_ids.size(1) + response_ids.size(1))
-    model(prompt_ids, attention_mask=prompt_attn, kv_cache=cache)  # fills the cache
+    prompt_hidden = model.hidden_states(prompt_ids, attention_mask=prompt_attn, kv_cache=cache)
     cache.repeat(K)  # prompt b's keys and values for each of its K responses
     # the padding between a prompt and its response is masked out like any other, and
     # positions count real tokens only, so each response sits where it would sit alone
     attention_mask = torch.cat([prompt_attn.repeat_interleave(K, dim=0), response_attn], dim=1)
-    scores = model(response_ids, attention_mask=attention_mask, kv_cache=cache)  # (B * K, Tr)
-    return scores[:, -1].view(-1, K)  # each response's last token
+    hidden = model.hidden_states(response_ids, attention_mask=attention_mask, kv_cache=cache)
+    # what predicts each response token: the token before it, or for its first token the
+    # prompt's last (left padding: the last column of the prompt pass)
+    prompt_last = prompt_hidden[:, -1:].repeat_interleave(K, dim=0)       # (B * K, 1, C)
+    before = torch.cat([prompt_last, hidden[:, :-1]], dim=1)              # (B * K, Tr, C)
+    before_is_response = torch.cat([torch.zeros_like(response_attn[:, :1]), response_attn[:, :-1]], dim=1)
+    prev_hidden = torch.where(before_is_response[..., None].bool(), before, prompt_last)
+    scores = model.reward(hidden[:, -1], prev_hidden, response_ids, response_attn)  # (B * K,)
+    return scores.view(-1, K)  # each response's last token
 
 
 def load_eval_prompts(data_dir, enc, block_size, max_new_tokens, n_prompts):

@@ -137,6 +137,7 @@ def test_a_bad_option_stops_the_script_at_once(tiny):
     ("sft", "lr", 0.0, "more than 0"),
     ("sft", "warmup_iters", -1, "at least 0"),
     ("reward", "val_frac", 1.0, "more than 0 and less than 1"),
+    ("reward", "lm_coef", -1.0, "at least 0"),
     ("dpo", "val_frac", 0.0, "more than 0 and less than 1"),
     ("dpo", "pairs_per_prompt", -1, "at least 0"),
     ("ppo", "lam", 1.5, "between 0 and 1"),

@@ -70,6 +70,28 @@ def test_shapes_and_scalar_head():
     assert lm.num_params() == sum(p.numel() for p in set(lm.parameters()))
 
 
+def test_reward_adds_the_response_mean_log_prob_of_the_language_model_it_was_made_from():
+    lm = tiny_model()
+    rm = tiny_model(scalar_head=True)
+    rm.load_state_dict(lm.state_dict(), strict=False)  # the same body and embedding
+    idx = torch.randint(2, VOCAB, (3, 10))
+    response_mask = torch.zeros(3, 10, dtype=torch.long)
+    response_mask[0, 4:] = 1
+    response_mask[1, 7:] = 1
+    response_mask[2, 9:] = 1  # a one-token response
+    hidden = rm.hidden_states(idx)
+    args = (hidden[:, -1], hidden[:, :-1], idx[:, 1:], response_mask[:, 1:])
+    head_alone = rm.reward(*args)
+    torch.testing.assert_close(head_alone, rm(idx)[:, -1])  # lm_coef 0: the paper's reward model
+    logprobs = torch.log_softmax(lm(idx)[:, :-1], -1).gather(-1, idx[:, 1:, None]).squeeze(-1)
+    mask = response_mask[:, 1:].float()
+    mean_logprob = (logprobs * mask).sum(1) / mask.sum(1)  # by hand, from the language model
+    rm.config.lm_coef = 0.5
+    torch.testing.assert_close(rm.reward(*args), head_alone + 0.5 * mean_logprob)
+    with pytest.raises(ValueError, match="lm_coef must be a number, at least 0"):
+        tiny_config(lm_coef=-1.0)
+
+
 @pytest.mark.parametrize("use_sdpa", [False, True])
 def test_causality_gradient(use_sdpa):
     model = tiny_model(use_sdpa=use_sdpa)

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from checkpoint import save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig, response_mask, token_logprobs  # noqa: E402
 from ppo import (AdaptiveKLController, Config, compute_gae, kl_penalty_rewards, main,  # noqa: E402
+                 reward_model_scores,
                  masked_mean, masked_whiten, policy_loss, ptx_loss, response_logits, value_loss)
 from model import lm_loss  # noqa: E402
 
@@ -254,6 +255,37 @@ def make_world(tmp_path, nan_reward=False):
     return Config(data_dir=str(data), sft=str(tmp_path / "sft.pt"), reward=str(tmp_path / "reward.pt"),
                   device="cpu", iters=10, batch_size=32, max_new_tokens=8, minibatch_size=16, update_epochs=4,
                   lr=3e-3, vf_lr=3e-3, ptx_batch_size=4, sample_every=0)
+
+
+@pytest.mark.parametrize("lm_coef", [0.0, 2.0])
+def test_episodes_are_scored_as_the_reward_model_scored_its_rankings(tmp_path, lm_coef):
+    """A rollout's prompts are left-padded and its responses right-padded; the reward model
+    read (prompt, response) pairs left-padded whole. Both must give the same score."""
+    from data.chat import decode_responses, encode_prompts, score_responses
+    from data.tokenizer import get_tokenizer, save_ranks
+    save_ranks({bytes([i]): i for i in range(256)}, str(tmp_path / "tokenizer.tiktoken"))
+    enc = get_tokenizer(str(tmp_path / "tokenizer.tiktoken"))
+    torch.manual_seed(0)
+    rm = GPT(GPTConfig(vocab_size=enc.n_vocab, block_size=96, n_layer=2, n_head=2, n_embd=32,
+                       scalar_head=True, lm_coef=lm_coef)).eval()
+    prompts = ["What is 3 plus 4?", "Name two fruits, please."]
+    texts = ["3 plus 4 is 7.", "Apple"]  # one ends with EOS, one was cut off
+    query, query_mask = encode_prompts(enc, prompts, "cpu")
+    eos = enc.eot_token
+    responses = torch.full((2, 16), eos)  # after EOS, whatever was sampled is masked out
+    first = enc.encode(" " + texts[0]) + [eos]
+    responses[0, :len(first)] = torch.tensor(first)
+    responses[1] = torch.tensor((enc.encode(" " + texts[1]) * 16)[:16])
+    mask = response_mask(responses, eos)
+    assert mask[0].sum() == len(first) and mask[1].all()
+    query_response = torch.cat([query, responses], 1)
+    attention_mask = torch.cat([query_mask, mask.long()], 1)
+    with torch.no_grad():
+        scores = reward_model_scores(rm, query_response, attention_mask, mask)
+        decoded = decode_responses(enc, responses, eos)  # as data.collect stores samples
+        assert decoded[0] == texts[0] + "<|endoftext|>"
+        expected = score_responses(rm, enc, prompts, decoded, "cpu")
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
 
 
 def test_end_to_end_raises_reward_model_score(tmp_path, monkeypatch):

@@ -108,9 +108,11 @@ def test_reward_score_is_read_at_the_last_token_whatever_the_padding(world_data)
     assert torch.allclose(right_scores, batched, atol=1e-5)
 
 
-def test_a_prompt_read_once_for_its_k_responses_gives_the_same_scores_and_gradients(world_data):
+@pytest.mark.parametrize("lm_coef", [0.0, 1.0])
+def test_a_prompt_read_once_for_its_k_responses_gives_the_same_scores_and_gradients(world_data, lm_coef):
     out, enc = world_data
     rm, _ = load_checkpoint(str(out / "pretrain.pt"), scalar_head=True)
+    rm.config.lm_coef = lm_coef  # with it, the first response token is read off the prompt's pass
     prompts = ["What is 1 plus 2?", "Text: Tom lives in Oslo.\nQuestion: Where does Tom live?"]
     responses = [["3.<|endoftext|>", "1 plus 2 is 3.<|endoftext|>", "4"],
                  ["Tom lives in Oslo.<|endoftext|>", "Oslo.<|endoftext|>", "The text does not say."]]
@@ -118,15 +120,18 @@ def test_a_prompt_read_once_for_its_k_responses_gives_the_same_scores_and_gradie
     flat = [r for group in responses for r in group]
     weights = torch.arange(1.0, 7.0).view(2, 3)  # a gradient through every score
 
-    calls = []  # (rows, columns, through a cache) of each forward pass
-    hook = rm.register_forward_pre_hook(
-        lambda module, args, kwargs: calls.append((*args[0].shape, kwargs.get("kv_cache") is not None)),
-        with_kwargs=True)
+    calls = []  # (rows, columns, through a cache) of each pass through the body
+    body = rm.hidden_states
+
+    def counted(idx, *args, kv_cache=None, **kwargs):
+        calls.append((*idx.shape, kv_cache is not None))
+        return body(idx, *args, kv_cache=kv_cache, **kwargs)
+    rm.hidden_states = counted
     rm.zero_grad()
     shared = score_rankings(rm, enc, prompts, responses, "cpu")
     (shared * weights).sum().backward()
     shared_grads = [p.grad.clone() for p in rm.parameters()]
-    hook.remove()
+    del rm.hidden_states
     # the two prompts once, then the six responses reading their prompt's keys and values
     assert [(rows, cached) for rows, _, cached in calls] == [(2, True), (6, True)]
 
