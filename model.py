@@ -70,7 +70,7 @@ class GPTConfig:
         if not isinstance(self.ln_eps, (int, float)) or not self.ln_eps > 0:
             raise ValueError(f"ln_eps must be a number above 0, got {self.ln_eps!r}")
         if not isinstance(self.lm_coef, (int, float)) or not 0 <= self.lm_coef < math.inf:
-            raise ValueError(f"lm_coef must be a number, at least 0, got {self.lm_coef!r}")
+            raise ValueError(f"lm_coef must be a finite number, at least 0, got {self.lm_coef!r}")
 
 
 class KVCache:
@@ -241,7 +241,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, attention_mask=None, position_ids=None, kv_cache=None):
         """idx (B, T) token ids; attention_mask (B, past + T), 1 = real token, 0 = padding;
-        returns logits (B, T, vocab) in float32, or scores (B, T) with the scalar head."""
+        returns logits (B, T, vocab) in float32, or with the scalar head its output at every
+        position (B, T): a value model's values. A reward model's score is GPT.reward."""
         x = self.hidden_states(idx, attention_mask, position_ids, kv_cache)  # (B, T, C)
         # the head runs in fp32 even under bf16 autocast: log-probs and scores need more than
         # bf16's three significant digits (PPO's ratios, a reward model's small differences)
@@ -304,7 +305,8 @@ class GPT(nn.Module):
                 return scores
             logits = prev_hidden.float() @ self.wte.weight.float().t()  # (B, T, vocab)
             mask = response_mask.float()
-            mean_logprob = (token_logprobs(logits, tokens) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+            logprobs = token_logprobs(logits, tokens)                    # (B, T)
+            mean_logprob = (logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1)
             return scores + self.config.lm_coef * mean_logprob
 
     @torch.no_grad()

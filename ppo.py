@@ -226,7 +226,9 @@ def reward_model_scores(reward_model, query_response, attention_mask, response_m
     """The reward model's score of each episode, (B,): GPT.reward, its head at the last
     response token (the EOS if it ended) plus lm_coef times the response's mean log-prob.
     query_response, attention_mask (B, Tp + N): the left-padded prompts, then the responses;
-    response_mask (B, N): True on the response's tokens, through the first EOS."""
+    response_mask (B, N): True on the response's tokens, through the first EOS. The sampled
+    tokens are read as sampled; the reward model learned from the decoded text encoded
+    anew, which gives the same tokens for all but a few samples in a thousand."""
     context_len = query_response.size(1) - response_mask.size(1)
     hidden = reward_model.hidden_states(query_response, attention_mask)    # (B, Tp + N, C)
     last = hidden[torch.arange(len(hidden)), context_len + response_mask.sum(1) - 1]  # (B, C)
@@ -275,6 +277,7 @@ def main(cfg):
                                             tokenizer=enc.name, kind="reward model")
     if not reward_model.config.scalar_head or "score_std" not in rm_ckpt:
         raise ValueError(f"{cfg.reward} is not a reward model with a score_std; make one with: python reward.py")
+    # the value model starts as the reward model's body and head (its log-prob term unused)
     value_model, _ = load_checkpoint(cfg.reward, device, tokenizer=enc.name, scalar_head=True)
     fits = row_check(enc, policy.config.block_size, cfg.max_new_tokens, gold=has_gold)
     prompts = [r["prompt"] for r in load_jsonl(os.path.join(cfg.data_dir, "ppo_prompts.jsonl"), "prompts", check=fits)]

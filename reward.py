@@ -65,8 +65,8 @@ class Config:
     grad_clip: float = 1.0
     val_frac: float = 0.1             # prompts held out for accuracy
     n_rankings: int = 0               # 0: every ranking of each comparisons file; else its first n
-    lm_coef: float = 1.0              # the response's mean log-prob in the score (GPT.reward); 0: the
-                                      # paper's reward model, the score head alone
+    lm_coef: float = 1.0              # weight of the response's mean log-prob in the score
+                                      # (GPT.reward); 0: the paper's, the score head alone
     log_interval: int = 10
 
 

@@ -8,6 +8,7 @@ such as HH-RLHF's "\n\nHuman: {prompt}\n\nAssistant:". A response follows after 
 import os
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import autocast_for
@@ -92,7 +93,7 @@ def row_check(enc, block_size, max_new_tokens=0, gold=False):
 
 def encode_pairs(enc, prompts, responses, device, block_size, add_eos=False):
     """Tokenize chat-formatted (prompt, response) pairs, LEFT-padded so that every row ends
-    in the last column: a reward model reads its score at [:, -1].
+    in the last column: a reward model reads its score head at [:, -1].
     A response that ended carries the text "<|endoftext|>", which becomes the EOS token;
     add_eos=True appends it (SFT demonstrations are stored without it).
     Returns ids, attention_mask, response_mask, each (B, T); response_mask is 1 on the
@@ -118,8 +119,9 @@ def encode_pairs(enc, prompts, responses, device, block_size, add_eos=False):
 
 def score_responses(model, enc, prompts, responses, device, add_eos=False):
     """Reward-model score of each (prompt, response), (B,): model.reward, the score head at
-    the last token (plus the response's log-prob where the model has an lm_coef)."""
-    ids, attn, resp = encode_pairs(enc, prompts, responses, device, model.config.block_size, add_eos)
+    the last token plus lm_coef times the response's mean log-prob."""
+    ids, attn, resp = encode_pairs(enc, prompts, responses, device, model.config.block_size,
+                                   add_eos)
     hidden = model.hidden_states(ids, attention_mask=attn)  # (B, T, C)
     # left padding: the last column is the end; position t predicts token t + 1
     return model.reward(hidden[:, -1], hidden[:, :-1], ids[:, 1:], resp[:, 1:])
@@ -158,10 +160,10 @@ def score_rankings(model, enc, prompts, responses, device):
     # prompt's last (left padding: the last column of the prompt pass)
     prompt_last = prompt_hidden[:, -1:].repeat_interleave(K, dim=0)       # (B * K, 1, C)
     before = torch.cat([prompt_last, hidden[:, :-1]], dim=1)              # (B * K, Tr, C)
-    before_is_response = torch.cat([torch.zeros_like(response_attn[:, :1]), response_attn[:, :-1]], dim=1)
+    before_is_response = F.pad(response_attn[:, :-1], (1, 0))  # (B * K, Tr)
     prev_hidden = torch.where(before_is_response[..., None].bool(), before, prompt_last)
     scores = model.reward(hidden[:, -1], prev_hidden, response_ids, response_attn)  # (B * K,)
-    return scores.view(-1, K)  # each response's last token
+    return scores.view(-1, K)  # (B, K)
 
 
 def load_eval_prompts(data_dir, enc, block_size, max_new_tokens, n_prompts):

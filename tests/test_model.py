@@ -88,7 +88,7 @@ def test_reward_adds_the_response_mean_log_prob_of_the_language_model_it_was_mad
     mean_logprob = (logprobs * mask).sum(1) / mask.sum(1)  # by hand, from the language model
     rm.config.lm_coef = 0.5
     torch.testing.assert_close(rm.reward(*args), head_alone + 0.5 * mean_logprob)
-    with pytest.raises(ValueError, match="lm_coef must be a number, at least 0"):
+    with pytest.raises(ValueError, match="lm_coef must be a finite number, at least 0"):
         tiny_config(lm_coef=-1.0)
 
 

@@ -109,7 +109,8 @@ def test_reward_score_is_read_at_the_last_token_whatever_the_padding(world_data)
 
 
 @pytest.mark.parametrize("lm_coef", [0.0, 1.0])
-def test_a_prompt_read_once_for_its_k_responses_gives_the_same_scores_and_gradients(world_data, lm_coef):
+def test_a_prompt_read_once_for_its_k_responses_gives_the_same_scores_and_gradients(world_data,
+                                                                                     lm_coef):
     out, enc = world_data
     rm, _ = load_checkpoint(str(out / "pretrain.pt"), scalar_head=True)
     rm.config.lm_coef = lm_coef  # with it, the first response token is read off the prompt's pass
@@ -194,10 +195,11 @@ def test_sft_collect_reward_end_to_end(world_data):
     assert not os.path.exists(out / "cmp_c.jsonl")
     stdout = run([os.path.join(ROOT, "reward.py"), d, f"--comparisons={out / 'cmp.jsonl'}",
                   f"--init={out / 'sft.pt'}", f"--out={out / 'reward.pt'}", "--batch_size=4",
-                  "--val_frac=0.25", "--device=cpu"], out)
+                  "--val_frac=0.25", "--lm_coef=0.5", "--device=cpu"], out)
     assert "held-out accuracy" in stdout
     rm, ckpt = load_checkpoint(str(out / "reward.pt"))
     assert rm.config.scalar_head and ckpt["score_std"] > 0
+    assert rm.config.lm_coef == 0.5  # saved with the model, so PPO and best-of-N score alike
     # the bias was set so that the demonstrations score 0 on average
     demos = [json.loads(line) for line in open(out / "data" / "sft.jsonl")]
     with torch.no_grad():
