@@ -73,8 +73,10 @@ def fact_doc(rng, cfg):
         kind = rng.random()
         if kind < 0.35:
             a, b = rng.randint(0, world.MAX_NUMBER), rng.randint(0, world.MAX_NUMBER)
-            sentences.append(f"{a} plus {b} is {a + b}." if rng.random() < 0.5
-                             else f"{max(a, b)} minus {min(a, b)} is {max(a, b) - min(a, b)}.")
+            a, op, b = (a, "plus", b) if rng.random() < 0.5 else (max(a, b), "minus", min(a, b))
+            answer = f"{a} {op} {b} is {world.arith_answer(dict(a=a, op=op, b=b))[2]}."
+            # half of them as a worksheet: the question, then the answer that restates it
+            sentences.append(f"What is {a} {op} {b}? {answer}" if rng.random() < 0.5 else answer)
         elif kind < 0.65:
             animals = rng.choice(list(world.DIETS))
             true_food, myth = world.DIETS[animals]
