@@ -1,7 +1,8 @@
 """
 Writes the world's data sets under out/data/, seeded and deterministic:
 
-  pretrain.txt         "the internet": encyclopedia-style facts, short biographies, and
+  pretrain.txt         "the internet": encyclopedia-style facts (sums, half of them on a
+                       worksheet that asks the question first), short biographies, and
                        forum threads in the chat format whose answers are of mixed quality
                        (correct, wrong or hallucinated, rude, rambling), documents separated
                        by <|endoftext|>. A base model trained on it knows the format but
