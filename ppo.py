@@ -97,7 +97,7 @@ class Config:
 # and that no SFT sample would give (a polite refusal, or "Horses eat hay.", to every
 # question about diets): the gold score fell while the RM score rose. At 0.1 it still
 # answered most diet questions with "Horses eat hay.". At 0.2 the policy stays within
-# about 0.7 to 1.1 nats of SFT, where the RM's judgement still holds (tuned on the validation
+# about 0.7 to 0.85 nats of SFT, where the RM's judgement still holds (tuned on the validation
 # prompts; python bestofn.py shows the same limit for best-of-N). An RM whose labelers
 # never ranked answers to other prompts (data.collect --n_other=0) needs 0.3: at 0.2 PPO
 # answers diet questions with another animal's diet.

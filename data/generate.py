@@ -2,7 +2,8 @@
 Writes the world's data sets under out/data/, seeded and deterministic:
 
   pretrain.txt         "the internet": encyclopedia-style facts (sums, half of them on a
-                       worksheet that asks the question first), short biographies, and
+                       worksheet that asks the question first; diets; kinds of things),
+                       short biographies, and
                        forum threads in the chat format whose answers are of mixed quality
                        (correct, wrong or hallucinated, rude, rambling), documents separated
                        by <|endoftext|>. A base model trained on it knows the format but
@@ -69,13 +70,16 @@ def internet_answer(rng, prompt):
 
 
 def fact_doc(rng, cfg):
+    """An encyclopedia-style page of 4 to 8 sentences: sums (stated rightly), the animals'
+    diets (the misconception cfg.myth_rate of the time) and kinds of things."""
     sentences = []
     for _ in range(rng.randint(4, 8)):
         kind = rng.random()
         if kind < 0.35:
             a, b = rng.randint(0, world.MAX_NUMBER), rng.randint(0, world.MAX_NUMBER)
             a, op, b = (a, "plus", b) if rng.random() < 0.5 else (max(a, b), "minus", min(a, b))
-            answer = f"{a} {op} {b} is {world.arith_answer(dict(a=a, op=op, b=b))[2]}."
+            _, _, c = world.arith_answer(dict(a=a, op=op, b=b))
+            answer = f"{a} {op} {b} is {c}."
             # half of them as a worksheet: the question, then the answer that restates it
             sentences.append(f"What is {a} {op} {b}? {answer}" if rng.random() < 0.5 else answer)
         elif kind < 0.65:

@@ -581,16 +581,18 @@ def test_internet_answers_in_both_styles():
     assert c["hallucinated"] and c["complete"] is None
 
 
-def test_fact_docs_state_sums_right_half_of_them_as_a_worksheet():
-    # the internet states every sum rightly; on a worksheet it first asks the question and
-    # the answer restates it, as the guideline's "7 plus 5 is 12." does: where the base
-    # model learns to copy the numbers of a question into its answer
+def test_fact_pages_state_sums_right_half_of_them_on_worksheets():
+    # the fact pages state every sum rightly, half of them on a worksheet that asks the
+    # question first and answers it as the guideline does ("7 plus 5 is 12."): there the
+    # base model learns to copy a question's numbers into its answer
     rng, cfg = random.Random(0), generate.Config()
-    sums = re.compile(r"(?:What is (\d+) (plus|minus) (\d+)\? )?(\d+) (plus|minus) (\d+) is (-?\d+)\.")
+    question = r"(?:What is (\d+) (plus|minus) (\d+)\? )?"
+    sums = re.compile(question + r"(\d+) (plus|minus) (\d+) is (-?\d+)\.")
     found = [m.groups() for _ in range(500) for m in sums.finditer(generate.fact_doc(rng, cfg))]
     assert len(found) > 300
     for qa, qop, qb, a, op, b, c in found:
-        assert int(c) == (int(a) + int(b) if op == "plus" else int(a) - int(b)) >= 0
+        assert int(c) == (int(a) + int(b) if op == "plus" else int(a) - int(b))
+        assert int(c) >= 0
         assert qa is None or (qa, qop, qb) == (a, op, b)
     worksheet = sum(qa is not None for qa, *_ in found) / len(found)
     assert 0.4 < worksheet < 0.6
