@@ -3,11 +3,10 @@ Writes the world's data sets under out/data/, seeded and deterministic:
 
   pretrain.txt         "the internet": encyclopedia-style facts (sums, half of them on a
                        worksheet that asks the question first; diets; kinds of things),
-                       short biographies, and
-                       forum threads in the chat format whose answers are of mixed quality
-                       (correct, wrong or hallucinated, rude, rambling), documents separated
-                       by <|endoftext|>. A base model trained on it knows the format but
-                       answers unreliably, as GPT-3 did.
+                       short biographies, and forum threads in the chat format whose
+                       answers are of mixed quality (correct, wrong or hallucinated, rude,
+                       rambling), documents separated by <|endoftext|>. A base model trained
+                       on it knows the format but answers unreliably, as GPT-3 did.
   sft.jsonl            demonstrations "written by labelers": {"prompt", "completion"}
   sft_val.jsonl        held-out demonstrations, for SFT's validation loss
   rm_prompts.jsonl     prompts for comparison collection (the reward model's data)
