@@ -13,8 +13,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from checkpoint import save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig, response_mask, token_logprobs  # noqa: E402
 from ppo import (AdaptiveKLController, Config, compute_gae, kl_penalty_rewards, main,  # noqa: E402
-                 reward_model_scores,
-                 masked_mean, masked_whiten, policy_loss, ptx_loss, response_logits, value_loss)
+                 masked_mean, masked_whiten, policy_loss, ptx_loss, response_logits,
+                 reward_model_scores, value_loss)
 from model import lm_loss  # noqa: E402
 
 torch.set_num_threads(1)  # tiny tensors: one thread is faster and kinder to a shared CPU
