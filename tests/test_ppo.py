@@ -398,7 +398,7 @@ def test_the_log_prob_term_paid_per_token_sums_to_the_term(tmp_path, lm_coef):
     assert (per_token[~mask] == 0).all() and (per_token[mask] != 0).all() == (lm_coef > 0)
 
 
-def test_dense_lm_trains_and_refuses_the_gold_reward(tmp_path, monkeypatch):
+def test_dense_lm_runs_and_refuses_the_gold_reward(tmp_path, monkeypatch):
     cfg = make_world(tmp_path)
     monkeypatch.chdir(tmp_path)
     cfg.dense_lm, cfg.iters = True, 2
