@@ -17,7 +17,6 @@ Run:
   python ppo.py --adaptive_kl=true --kl_target=3   # Ziegler et al.'s adaptive beta
   python ppo.py --ptx_coef=0 --gold_reward=true    # reward from the gold labeler, not the RM
                                                    # -> out/ppo_gold.pt: PPO with a perfect RM
-  python ppo.py --dense_lm=true               # the RM's log-prob term paid token by token
 It needs out/sft.pt (python sft.py) and out/reward.pt (python reward.py).
 
 Simplified (exercises):
@@ -67,7 +66,6 @@ class Config:
     max_new_tokens: int = 48         # responses that never emit EOS are cut here
     temperature: float = 1.0         # sampling temperature; log-probs use the same one
     no_eos_penalty: float = -1.0     # the score of a response that never ends, whatever the RM says
-    dense_lm: bool = False           # pay the RM's log-prob term token by token, its head at the end
     # reward = score - beta * KL (InstructGPT eq. 2), advantages by GAE
     beta: float = 0.2                # KL coefficient (the paper: 0.02); see the note below
     adaptive_kl: bool = False        # adapt beta toward kl_target (Ziegler et al. 2019)
@@ -224,35 +222,19 @@ class AdaptiveKLController:
         self.beta *= 1 + error * n_episodes / self.horizon
 
 
-def reward_model_scores(reward_model, query_response, attention_mask, response_mask, per_token=False):
+def reward_model_scores(reward_model, query_response, attention_mask, response_mask):
     """The reward model's score of each episode, (B,): GPT.reward, its head at the last
     response token (the EOS if it ended) plus lm_coef times the response's mean log-prob.
     query_response, attention_mask (B, Tp + N): the left-padded prompts, then the responses;
     response_mask (B, N): True on the response's tokens, through the first EOS. The sampled
     tokens are read as sampled; the reward model learned from the decoded text encoded
-    anew, which gives the same tokens for all but a few samples in a thousand.
-    per_token=True also returns the log-prob term as per-token rewards (lm_term_rewards)."""
+    anew, which gives the same tokens for all but a few samples in a thousand."""
     context_len = query_response.size(1) - response_mask.size(1)
     hidden = reward_model.hidden_states(query_response, attention_mask)    # (B, Tp + N, C)
     last = hidden[torch.arange(len(hidden)), context_len + response_mask.sum(1) - 1]  # (B, C)
     is_response = F.pad(response_mask.long(), (context_len, 0))             # (B, Tp + N)
     # position t predicts token t + 1
-    scores = reward_model.reward(last, hidden[:, :-1], query_response[:, 1:], is_response[:, 1:])
-    if not per_token:
-        return scores
-    with torch.autocast(hidden.device.type, enabled=False):
-        logits = hidden[:, context_len - 1:-1].float() @ reward_model.wte.weight.float().t()  # (B, N, vocab)
-    logprobs = token_logprobs(logits, query_response[:, context_len:])     # (B, N)
-    return scores, lm_term_rewards(logprobs, response_mask, reward_model.config.lm_coef)
-
-
-def lm_term_rewards(rm_logprobs, mask, lm_coef):
-    """The reward model's log-prob term, lm_coef times the mean log-prob of the response, as
-    per-token rewards: lm_coef * log p(y_t) / n at each of the n response tokens, so that a
-    wrong word is paid for where it is written; their sum over a response is the term.
-    rm_logprobs, mask (B, N) -> (B, N), 0 where masked."""
-    n = mask.sum(1, keepdim=True).clamp(min=1)
-    return torch.where(mask, lm_coef * rm_logprobs / n, torch.zeros_like(rm_logprobs))
+    return reward_model.reward(last, hidden[:, :-1], query_response[:, 1:], is_response[:, 1:])
 
 
 def response_logits(model, query_response, attention_mask, context_len, temperature):
@@ -284,8 +266,6 @@ def main(cfg):
     has_gold = load_description(cfg.data_dir)["gold_labeler"]  # the world's; a real data set has none
     if cfg.gold_reward and not has_gold:
         raise ValueError("--gold_reward needs the world's gold labeler; this data set has none")
-    if cfg.gold_reward and cfg.dense_lm:
-        raise ValueError("--dense_lm pays the reward model's log-prob term; with --gold_reward there is none")
 
     # four models, all in eval mode: RL has no dropout, so before the first step the
     # new/old ratio is exactly 1 (Huang et al. 2023)
@@ -343,13 +323,8 @@ def main(cfg):
             #    demonstrations. A response that never ended scores no_eos_penalty instead
             #    (Huang et al. 2023): the RM never saw one in training, so its opinion of one
             #    is a guess that PPO would exploit
-            if cfg.dense_lm:  # also the RM's log-prob term as per-token rewards (lm_term_rewards)
-                scores, lm_rewards = reward_model_scores(reward_model, query_response, attention_mask,
-                                                         response_mask, per_token=True)
-            else:
-                scores = reward_model_scores(reward_model, query_response, attention_mask, response_mask)
-                lm_rewards = torch.zeros(response_mask.shape, device=device)
-            scores, lm_rewards = scores / score_std, lm_rewards / score_std     # (B,), (B, N)
+            scores = reward_model_scores(reward_model, query_response, attention_mask,
+                                         response_mask) / score_std                # (B,)
             # --gold_reward: the world's labeler replaces the RM (the RM score is still logged)
             reward_scores = gold if cfg.gold_reward else scores
             penalised = torch.where(ended, reward_scores, torch.full_like(reward_scores, cfg.no_eos_penalty))
@@ -362,12 +337,7 @@ def main(cfg):
             values = value_model(query_response, attention_mask)[:, context_len - 1:-1]  # (B, N)
             entropy = masked_mean(entropy_from_logits(logits), response_mask)
         # 4. per-token rewards: -beta * KL at each token, the score at the last (InstructGPT eq. 2)
-        #    --dense_lm: the same return, with the RM's log-prob term paid where each token is
-        #    written and only the head's part at the last (none if the response never ended)
-        dense = torch.where(ended[:, None], lm_rewards, torch.zeros_like(lm_rewards))
-        rewards, kl = kl_penalty_rewards(logprobs, ref_logprobs, penalised - dense.sum(1), response_mask,
-                                         kl_ctl.beta)
-        rewards = rewards + dense
+        rewards, kl = kl_penalty_rewards(logprobs, ref_logprobs, penalised, response_mask, kl_ctl.beta)
         check_finite(f"ppo iteration {it}", {"reward model score": scores, "value": values,
                                              "KL to the reference": kl})
         # 5. advantages by GAE (gamma 1, lambda 0.95), returns = A + V, then whiten A

@@ -3,7 +3,6 @@ first step, masked slots are invisible, clipped tokens get no gradient), and a t
 end-to-end run on stand-in checkpoints that must raise the reward-model score."""
 
 import json
-import math
 import os
 import sys
 
@@ -370,40 +369,3 @@ def test_a_response_that_never_ends_scores_the_penalty(tmp_path, monkeypatch):
     cfg.ptx_coef, cfg.iters, cfg.max_new_tokens, cfg.no_eos_penalty = 0.0, 1, 2, -3.0
     h = main(cfg)[0]  # two new tokens: this random policy ends none of its responses
     assert h["ended"] == 0.0 and h["reward"] == -3.0 and h["score"] > -1.0  # the RM liked some
-
-
-@pytest.mark.parametrize("lm_coef", [0.0, 2.0])
-def test_the_log_prob_term_paid_per_token_sums_to_the_term(tmp_path, lm_coef):
-    """--dense_lm moves the reward model's log-prob term from the last token to each token
-    of the response: the per-token parts must add up to the score less the head's part."""
-    from data.tokenizer import get_tokenizer, save_ranks
-    save_ranks({bytes([i]): i for i in range(256)}, str(tmp_path / "tokenizer.tiktoken"))
-    enc = get_tokenizer(str(tmp_path / "tokenizer.tiktoken"))
-    torch.manual_seed(0)
-    rm = GPT(GPTConfig(vocab_size=enc.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=32,
-                       scalar_head=True, lm_coef=lm_coef)).eval()
-    query = torch.randint(0, 256, (3, 10))
-    responses = torch.randint(0, 256, (3, 8))
-    responses[0, 3:] = enc.eot_token  # ends after four tokens; the others are cut off
-    mask = response_mask(responses, enc.eot_token)
-    query_response = torch.cat([query, responses], 1)
-    attention_mask = torch.cat([torch.ones_like(query), mask.long()], 1)
-    with torch.no_grad():
-        scores, per_token = reward_model_scores(rm, query_response, attention_mask, mask, per_token=True)
-        alone = reward_model_scores(rm, query_response, attention_mask, mask)
-        rm.config.lm_coef = 0.0
-        head = reward_model_scores(rm, query_response, attention_mask, mask)
-    torch.testing.assert_close(scores, alone)
-    torch.testing.assert_close(per_token.sum(1), scores - head, atol=1e-5, rtol=0)
-    assert (per_token[~mask] == 0).all() and (per_token[mask] != 0).all() == (lm_coef > 0)
-
-
-def test_dense_lm_runs_and_refuses_the_gold_reward(tmp_path, monkeypatch):
-    cfg = make_world(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    cfg.dense_lm, cfg.iters = True, 2
-    history = main(cfg)
-    assert len(history) == 2 and all(math.isfinite(h["reward"]) for h in history)
-    cfg.gold_reward = True
-    with pytest.raises(ValueError, match="--dense_lm"):
-        main(cfg)
