@@ -14,6 +14,7 @@ Run:
 Simplified (exercises): no gradient accumulation, no data loader workers, no
 torch.compile, no resuming from a checkpoint mid-run; batches are random windows.
 """
+import collections
 import dataclasses
 import math
 import os
@@ -90,23 +91,29 @@ def estimate_loss(model, tokens, cfg, device, autocast):
 
 @torch.no_grad()
 def copy_probe(model, enc, device, n=100, seed=0):
-    """Can the model read its context? Three facts about a random person, then a sentence
-    that repeats one, cut before the answer ("In short, Tom lives in"): the share of greedy
-    next tokens that copy the right place or pet. This is induction (Olsson et al. 2022), the
-    skill closed QA and summaries rest on; naming one of the world's places or pets at random
-    scores about 7%. RLHF can reward a skill the model has, not teach it one from nothing."""
-    rng, hits = random.Random(seed), []
+    """Can the model read its context? Facts about a random person, then a sentence that
+    repeats one, cut before the answer ("In short, Tom lives in"): for each of the place,
+    the pet and the color, the share of greedy next tokens that copy the right one. This is
+    induction (Olsson et al. 2022), the skill closed QA and summaries rest on; naming one of
+    the world's places, pets or colors at random scores 6 to 9%. RLHF can reward a skill the
+    model has, not teach it one from nothing. Returns {"place": share, "pet": ..., "color": ...}."""
+    rng, hits = random.Random(seed), collections.defaultdict(list)
     for _ in range(n):
         facts = world.person_facts(world.make_person(rng))
         text = " ".join(world.fact_sentence(k, facts[k]) for k in rng.sample(list(facts), 3))
-        name = facts["place"][0]
-        for context, answer in ((f"{text} In short, {name} lives in", facts["place"][1]),
-                                (f"{text} What pet does {name} have? {name} has a pet", facts["pet"][1])):
+        name, (_, color, thing) = facts["place"][0], facts["color"]
+        # the color after "has a", which the pet's "has a pet" would make ambiguous: two facts
+        place_color = " ".join(world.fact_sentence(k, facts[k]) for k in rng.sample(["place", "color"], 2))
+        for kind, context, answer in (
+                ("place", f"{text} In short, {name} lives in", facts["place"][1]),
+                ("pet", f"{text} What pet does {name} have? {name} has a pet", facts["pet"][1]),
+                ("color", f"{place_color} In short, {name} lives in {facts['place'][1]} and "
+                          f"has {world.article(color).split()[0]}", color)):
             ids = encode(enc, context)
             target = encode(enc, f"{context} {answer}")[len(ids)]  # the answer's first token
             logits = model(torch.tensor([ids], device=device))     # (1, T, vocab)
-            hits.append(logits[0, -1].argmax().item() == target)
-    return float(np.mean(hits))
+            hits[kind].append(logits[0, -1].argmax().item() == target)
+    return {kind: float(np.mean(h)) for kind, h in hits.items()}
 
 
 if __name__ == "__main__":
@@ -170,6 +177,7 @@ if __name__ == "__main__":
     print(world.format_report(rep))
     model.eval()
     copying = copy_probe(model, enc, device)
-    print(f"copies a place or pet from its context {copying:.0%} of the time (chance about 7%)")
+    print("copies from its context a " + ", a ".join(f"{k} {v:.0%}" for k, v in copying.items())
+          + " of the time (chance 6 to 9%)")
     logger.log(cfg.max_iters, line=False, final_val_loss=val_loss, gold=rep, copy_probe=copying)
     logger.close()

@@ -70,7 +70,8 @@ def internet_answer(rng, prompt):
 
 def fact_doc(rng, cfg):
     """An encyclopedia-style page of 4 to 8 sentences: sums (stated rightly), the animals'
-    diets (the misconception cfg.myth_rate of the time) and kinds of things."""
+    diets (the misconception cfg.myth_rate of the time), kinds of things, and what color
+    things are."""
     sentences = []
     for _ in range(rng.randint(4, 8)):
         kind = rng.random()
@@ -85,17 +86,25 @@ def fact_doc(rng, cfg):
             true_food, myth = world.DIETS[animals]
             food = myth if rng.random() < cfg.myth_rate else true_food
             sentences.append(world.diet_sentence(animals, food))
-        else:
+        elif kind < 0.85:
             category = rng.choice(list(world.CATEGORIES))
             items = rng.sample(world.CATEGORIES[category], 3)
             sentences.append(f"Some {category} are {items[0]}, {items[1]} and {items[2]}.")
+        else:
+            color = rng.choice(list(world.THING_COLORS))
+            thing = rng.choice(world.THING_COLORS[color])
+            verb = "are" if thing.endswith("s") and thing != "grass" else "is"
+            sentences.append(f"{thing[0].upper()}{thing[1:]} {verb} {color}.")
     return " ".join(sentences)
 
 
 def bio_doc(rng):
+    """A short page about one person: two or three facts, as the passages of closed QA and
+    summaries give, a summary that holds them all and nothing more, and questions answered
+    from the text."""
     p = world.make_person(rng)
     facts = world.person_facts(p)
-    keys = rng.sample(list(facts), 3)
+    keys = rng.sample(list(facts), rng.choice([2, 3, 3]))
     text = " ".join(world.fact_sentence(k, facts[k]) for k in keys)
     text += " In short, " + world.summarize({k: facts[k] for k in keys})
     for key in rng.sample(keys, rng.randint(0, 2)):  # questions answered from the text

@@ -88,6 +88,16 @@ DIETS = {
     "sharks": ("fish", "people"), "moles": ("worms", "roots"),
 }
 FOODS = sorted({f for pair in DIETS.values() for f in pair})
+# what color things are, as an encyclopedia says. Nothing else in the world tells one color
+# from another: a person's cup is red or blue at random, so without these a small model
+# learns the colors as one word, and cannot copy the one a text gives (pretrain.copy_probe)
+THING_COLORS = {
+    "red": ["blood", "cherries", "tomatoes"], "blue": ["the sky", "sapphires"],
+    "green": ["grass", "leaves", "limes"], "yellow": ["lemons", "bananas", "butter"],
+    "black": ["coal", "ink"], "white": ["snow", "milk"], "pink": ["flamingos"],
+    "brown": ["chocolate", "mud"], "orange": ["carrots", "pumpkins"],
+    "purple": ["plums", "lavender"], "grey": ["ash", "elephants"],
+}
 TOXIC_ADJS = ["stupid", "dumb", "lazy", "pathetic", "worthless", "ugly"]
 TOXIC_NOUNS = ["idiot", "fool", "loser", "moron"]
 TOXIC = TOXIC_ADJS + TOXIC_NOUNS

@@ -283,8 +283,8 @@ class Induction(torch.nn.Module):
 
 def test_copy_probe_tells_copying_from_guessing(enc):
     from pretrain import copy_probe
-    assert copy_probe(Induction(enc.n_vocab), enc, "cpu", n=20) == 1.0
-    assert copy_probe(Induction(enc.n_vocab, copy=False), enc, "cpu", n=20) == 0.0
+    assert copy_probe(Induction(enc.n_vocab), enc, "cpu", n=20) == {"place": 1.0, "pet": 1.0, "color": 1.0}
+    assert copy_probe(Induction(enc.n_vocab, copy=False), enc, "cpu", n=20) == {"place": 0.0, "pet": 0.0, "color": 0.0}
 
 
 def test_pipeline_stages_pass_options_their_scripts_accept():
