@@ -2,8 +2,9 @@
 Writes the world's data sets under out/data/, seeded and deterministic:
 
   pretrain.txt         "the internet": encyclopedia-style facts (sums, half of them on a
-                       worksheet that asks the question first; diets; kinds of things),
-                       short biographies, and forum threads in the chat format whose
+                       worksheet that asks the question first; diets; kinds of things;
+                       what color things are), short biographies of two or three facts,
+                       and forum threads in the chat format whose
                        answers are of mixed quality (correct, wrong or hallucinated, rude,
                        rambling), documents separated by <|endoftext|>. A base model trained
                        on it knows the format but answers unreliably, as GPT-3 did.
