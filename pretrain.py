@@ -93,10 +93,12 @@ def estimate_loss(model, tokens, cfg, device, autocast):
 def copy_probe(model, enc, device, n=100, seed=0):
     """Can the model read its context? Facts about a random person, then a sentence that
     repeats one, cut before the answer ("In short, Tom lives in"): for each of the place,
-    the pet and the color, the share of greedy next tokens that copy the right one. This is
-    induction (Olsson et al. 2022), the skill closed QA and summaries rest on; naming one of
-    the world's places, pets or colors at random scores 6 to 9%. RLHF can reward a skill the
-    model has, not teach it one from nothing. Returns {"place": share, "pet": ..., "color": ...}."""
+    the pet and the color, the mean probability the model gives the right one: how often a
+    sample at temperature 1 copies it (a greedy answer can be right where a third of the
+    samples are wrong). This is induction (Olsson et al. 2022), the skill closed QA and
+    summaries rest on; naming one of the world's places, pets or colors at random scores 6
+    to 9%. RLHF can reward a skill the model has, not teach it one from nothing.
+    Returns {"place": probability, "pet": ..., "color": ...}."""
     rng, hits = random.Random(seed), collections.defaultdict(list)
     for _ in range(n):
         facts = world.person_facts(world.make_person(rng))
@@ -112,7 +114,7 @@ def copy_probe(model, enc, device, n=100, seed=0):
             ids = encode(enc, context)
             target = encode(enc, f"{context} {answer}")[len(ids)]  # the answer's first token
             logits = model(torch.tensor([ids], device=device))     # (1, T, vocab)
-            hits[kind].append(logits[0, -1].argmax().item() == target)
+            hits[kind].append(logits[0, -1].float().softmax(-1)[target].item())
     return {kind: float(np.mean(h)) for kind, h in hits.items()}
 
 
@@ -178,6 +180,6 @@ if __name__ == "__main__":
     model.eval()
     copying = copy_probe(model, enc, device)
     print("copies from its context a " + ", a ".join(f"{k} {v:.0%}" for k, v in copying.items())
-          + " of the time (chance 6 to 9%)")
+          + " of the time at temperature 1 (chance 6 to 9%)")
     logger.log(cfg.max_iters, line=False, final_val_loss=val_loss, gold=rep, copy_probe=copying)
     logger.close()
