@@ -103,9 +103,10 @@ def copy_probe(model, enc, device, n=100, seed=0):
     for _ in range(n):
         facts = world.person_facts(world.make_person(rng))
         text = " ".join(world.fact_sentence(k, facts[k]) for k in rng.sample(list(facts), 3))
-        name, (_, color, thing) = facts["place"][0], facts["color"]
-        # the color after "has a", which the pet's "has a pet" would make ambiguous: two facts
-        place_color = " ".join(world.fact_sentence(k, facts[k]) for k in rng.sample(["place", "color"], 2))
+        name, color = facts["place"][0], facts["color"][1]
+        # the color comes after "has a", as the pet does ("has a pet"): a text of two facts
+        place_color = " ".join(world.fact_sentence(k, facts[k])
+                               for k in rng.sample(["place", "color"], 2))
         for kind, context, answer in (
                 ("place", f"{text} In short, {name} lives in", facts["place"][1]),
                 ("pet", f"{text} What pet does {name} have? {name} has a pet", facts["pet"][1]),

@@ -581,6 +581,30 @@ def test_internet_answers_in_both_styles():
     assert c["hallucinated"] and c["complete"] is None
 
 
+def test_fact_pages_say_what_color_things_are():
+    # every color has things of its own, stated rightly: the colors mean something apart
+    # from one another, so a small model can tell them apart and copy one from a text
+    rng, cfg = random.Random(0), generate.Config()
+    said = re.compile(r"(?:^|\. )([A-Z][a-z ]+) (?:is|are) (" + "|".join(world.COLORS) + r")\.")
+    found = {m.groups() for _ in range(500) for m in said.finditer(generate.fact_doc(rng, cfg))}
+    color_of = {thing: color for color, things in world.THING_COLORS.items() for thing in things}
+    assert found and all(color_of[thing.lower()] == color for thing, color in found)
+    assert {color for _, color in found} == set(world.COLORS)
+
+
+def test_bio_pages_summarise_two_or_three_facts_and_nothing_more():
+    rng = random.Random(0)
+    counts = collections.Counter()
+    for _ in range(300):
+        text = generate.bio_doc(rng)
+        passage, rest = text.split(" In short, ")
+        summary = rest[: rest.index(".") + 1]
+        facts = world.passage_facts(passage)
+        assert summary == world.summarize(facts)
+        counts[len(facts)] += 1
+    assert set(counts) == {2, 3} and counts[3] > counts[2] > 50
+
+
 def test_fact_pages_state_sums_right_half_of_them_on_worksheets():
     # the fact pages state every sum rightly, half of them on a worksheet that asks the
     # question first and answers it as the guideline does ("7 plus 5 is 12."): there the
