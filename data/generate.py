@@ -71,8 +71,8 @@ def internet_answer(rng, prompt):
 
 def fact_doc(rng, cfg):
     """An encyclopedia-style page of 4 to 8 sentences: sums (stated rightly), the animals'
-    diets (the misconception cfg.myth_rate of the time), kinds of things, and what color
-    things are."""
+    diets (the misconception cfg.myth_rate of the time), kinds of things, which country
+    each city is in, and what color things are."""
     sentences = []
     for _ in range(rng.randint(4, 8)):
         kind = rng.random()
@@ -87,10 +87,13 @@ def fact_doc(rng, cfg):
             true_food, myth = world.DIETS[animals]
             food = myth if rng.random() < cfg.myth_rate else true_food
             sentences.append(world.diet_sentence(animals, food))
-        elif kind < 0.85:
+        elif kind < 0.75:
             category = rng.choice(list(world.CATEGORIES))
             items = rng.sample(world.CATEGORIES[category], 3)
             sentences.append(f"Some {category} are {items[0]}, {items[1]} and {items[2]}.")
+        elif kind < 0.87:
+            city = rng.choice(list(world.COUNTRY))
+            sentences.append(f"{city} is in {world.COUNTRY[city]}.")
         else:
             color = rng.choice(list(world.THING_COLORS))
             thing = rng.choice(world.THING_COLORS[color])

@@ -98,6 +98,15 @@ THING_COLORS = {
     "brown": ["chocolate", "mud"], "orange": ["carrots", "pumpkins"],
     "purple": ["plums", "lavender"], "grey": ["ash", "elephants"],
 }
+# which country each city is in, as an encyclopedia says: the cities' own meaning, for the
+# same reason the colors need one (in a world without it a small model can learn the cities
+# as one word, and a summary names the wrong one)
+COUNTRY = {
+    "Oslo": "Norway", "Paris": "France", "Rome": "Italy", "Lima": "Peru", "Cairo": "Egypt",
+    "Tokyo": "Japan", "Dublin": "Ireland", "Berlin": "Germany", "Madrid": "Spain",
+    "Vienna": "Austria", "Quito": "Ecuador", "Delhi": "India", "Seoul": "Korea",
+    "Prague": "Czechia", "Lisbon": "Portugal", "Athens": "Greece",
+}
 TOXIC_ADJS = ["stupid", "dumb", "lazy", "pathetic", "worthless", "ugly"]
 TOXIC_NOUNS = ["idiot", "fool", "loser", "moron"]
 TOXIC = TOXIC_ADJS + TOXIC_NOUNS

@@ -592,6 +592,16 @@ def test_fact_pages_say_what_color_things_are():
     assert {color for _, color in found} == set(world.COLORS)
 
 
+def test_fact_pages_say_which_country_each_city_is_in():
+    # the cities, like the colors, mean something apart from one another
+    rng, cfg = random.Random(0), generate.Config()
+    said = re.compile(r"(?:^|\. )(" + "|".join(world.PLACES) + r") is in ([A-Z][a-z]+)\.")
+    found = {m.groups() for _ in range(500) for m in said.finditer(generate.fact_doc(rng, cfg))}
+    assert found and all(world.COUNTRY[city] == country for city, country in found)
+    assert {city for city, _ in found} == set(world.PLACES) == set(world.COUNTRY)
+    assert len(set(world.COUNTRY.values())) == len(world.COUNTRY)   # one city a country
+
+
 def test_bio_pages_summarise_two_or_three_facts_and_nothing_more():
     rng = random.Random(0)
     counts = collections.Counter()
