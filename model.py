@@ -13,8 +13,8 @@ Saving and loading, one format for every stage, is checkpoint.py's.
 Rotary positions (Su et al. 2021), not GPT-2's learned ones: attention then sees how far
 apart two tokens are, which is what copying from the context needs. In this world's CPU
 budget a 1M-parameter model learns to copy a fact from a passage with them (52% of its
-greedy answers on pretrain.copy_probe) and not at all with learned positions (7%, chance);
-closed QA and summaries rest on that skill.
+greedy answers right, on pretrain.copy_probe's texts) and not at all with learned positions
+(7%, chance); closed QA and summaries rest on that skill.
 
 What is simplified, and could be exercises:
 - no flash/paged attention of our own;

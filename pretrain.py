@@ -104,7 +104,8 @@ def copy_probe(model, enc, device, n=100, seed=0):
         facts = world.person_facts(world.make_person(rng))
         text = " ".join(world.fact_sentence(k, facts[k]) for k in rng.sample(list(facts), 3))
         name, color = facts["place"][0], facts["color"][1]
-        # the color comes after "has a", as the pet does ("has a pet"): a text of two facts
+        # the color comes after "has a", as a pet does ("has a pet cat"): so its text holds
+        # the place and the color alone, and "has a" can only go on to the color
         place_color = " ".join(world.fact_sentence(k, facts[k])
                                for k in rng.sample(["place", "color"], 2))
         for kind, context, answer in (
