@@ -13,7 +13,9 @@ Writes the world's data sets under out/data/, seeded and deterministic:
   rm_prompts.jsonl     prompts for comparison collection (the reward model's data)
   ppo_prompts.jsonl    prompts for PPO
   val_prompts.jsonl    validation prompts, made as the evaluation prompts are: tune here
-  eval_prompts.jsonl   held-out evaluation prompts, a third in the held-out phrasings
+  eval_prompts.jsonl   held-out evaluation prompts, a third in the held-out phrasings; 40
+                       per family, and closed QA in fixed proportions: a third about each
+                       kind of fact, 30% that the text cannot answer (closedqa_slots)
   tokenizer.tiktoken   the BPE trained on all of the above
 
 No question of the evaluation or validation prompts is asked by a training set, not even
@@ -214,6 +216,26 @@ def question_pools(seed, eval_frac=0.2, val_frac=0.1):
     return pool
 
 
+def closedqa_kind(prompt):
+    """('pet', True): what a closed-QA prompt asks about, and whether its text says."""
+    fields = world.parse(prompt)[2]
+    kind = world.parse_question(fields["question"])[0]
+    return kind, world.asked_fact(world.passage_facts(fields["passage"]), fields["question"]) is not None
+
+
+def closedqa_slots(rng, n):
+    """What each of n closed-QA prompts of an evaluation set asks, in a random order: each
+    kind of question a third of them, and round(UNANSWERABLE_SHARE * n) of them, spread over
+    the kinds, about what the text does not say. Drawn freely, 40 questions hold anywhere
+    from 6 to 18 that the text cannot answer, and a world's hallucination rate would follow
+    its draw: fixed, the rates of two worlds measure their models alone."""
+    n_unanswerable = round(world.UNANSWERABLE_SHARE * n)
+    kinds = list(world.QUESTIONS)
+    slots = [(kinds[i % len(kinds)], i >= n_unanswerable) for i in range(n)]
+    rng.shuffle(slots)
+    return slots
+
+
 def prompt_sets(cfg):
     """Draw the prompt sets. Evaluation and validation ask questions that no training set
     asks, not even with another greeting or phrasing (question_pools), except the diets of
@@ -227,6 +249,11 @@ def prompt_sets(cfg):
     def draw(name, n, split, phrasing, demos=False):
         rng = random.Random(f"{cfg.seed}-{name}")
         rows, seen, written, tries = [], set(), collections.Counter(), 0
+        n_drawn = collections.Counter()  # rows of each family so far
+        # evaluation and validation: closed QA in fixed proportions (closedqa_slots), so that
+        # every world's rates are measured on the same mix of questions
+        n_closedqa = sum(world.FAMILIES[i % len(world.FAMILIES)] == "closedqa" for i in range(n))
+        slots = closedqa_slots(random.Random(f"{cfg.seed}-{name}-qa"), n_closedqa) if phrasing == "any" else None
         while len(rows) < n:
             tries += 1
             if tries > 1000 * n:
@@ -242,10 +269,13 @@ def prompt_sets(cfg):
             prompt = world.make_prompt(rng, family, tid)
             if pool(question(prompt)) not in (split, None) or (split == "eval" and prompt in seen):
                 continue
+            if slots and family == "closedqa" and closedqa_kind(prompt) != slots[n_drawn["closedqa"]]:
+                continue
             if demos and not labelers_would_write(rng, family, prompt, written):
                 continue
             seen.add(prompt)
             written[question(prompt)] += 1
+            n_drawn[family] += 1
             rows.append({"prompt": prompt, "family": family, "held_out": tid == n_templates - 1})
         return rows
 

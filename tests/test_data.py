@@ -22,7 +22,7 @@ from data.tokenizer import (EOS, encode, get_tokenizer, load_ranks, save_ranks, 
                             train_bpe)
 from data.world import EOS_TEXT, components, score  # noqa: E402
 
-SMALL = generate.Config(n_docs=300, n_sft=120, n_sft_val=12, n_rm=60, n_ppo=60, n_val=30,
+SMALL = generate.Config(n_docs=300, n_sft=120, n_sft_val=12, n_rm=60, n_ppo=60, n_val=60,
                         n_eval=60, vocab_size=400)
 HELD_OUT = {fam: len(ts) - 1 for fam, ts in world.TEMPLATES.items()}
 
@@ -479,6 +479,22 @@ def test_prompt_sets_disjoint_by_question(data_dir):
     # greetings and phrasings do not make a new question
     assert generate.question("Hi! What is 7 plus 5? Thanks!") == generate.question("Compute 7 plus 5.")
     assert generate.question("What is 7 plus 5?") != generate.question("What is 5 plus 7?")
+
+
+def test_evaluation_sets_ask_every_world_the_same_mix_of_closed_questions(data_dir):
+    for name in ("eval_prompts.jsonl", "val_prompts.jsonl"):
+        asked = collections.Counter(generate.closedqa_kind(p) for p in read_prompts(data_dir, name)
+                                    if world.parse(p)[0] == "closedqa")
+        n = sum(asked.values())
+        assert n >= 5, name
+        unanswerable = sum(c for (kind, says), c in asked.items() if not says)
+        assert unanswerable == round(world.UNANSWERABLE_SHARE * n), (name, asked)
+        for kind in world.QUESTIONS:  # each kind a third of them, answerable or not
+            assert abs(asked[kind, True] + asked[kind, False] - n / 3) <= 1, (name, asked)
+            assert abs(asked[kind, False] - unanswerable / 3) <= 1, (name, asked)
+    slots = generate.closedqa_slots(random.Random(0), 40)
+    assert sum(not says for _, says in slots) == 12
+    assert slots != generate.closedqa_slots(random.Random(1), 40)  # in a random order
 
 
 def test_question_pools_split_small_families():
