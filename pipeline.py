@@ -11,19 +11,25 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   6. reward_r1   python reward.py           a first reward model, from the first 4,000
   7. ppo_r1      python ppo.py              a first, short PPO run against it
   8. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
-  9. reward      python reward.py           the reward model, from both rounds of comparisons
- 10. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
- 11. ppo         python ppo.py --ptx_coef=0 plain PPO
- 12. dpo         python dpo.py              DPO on the same comparisons
- 13. bestofn     python bestofn.py          best-of-N: the room in SFT's samples, and the RM's view of it
- 14. evaluate    python evaluate.py         the paper's table in miniature
+  9. reward_r2   python reward.py           a second reward model, from both rounds so far
+ 10. ppo_r2      python ppo.py              a second short PPO run, against it
+ 11. compare_r3  python -m data.collect     the second PPO policy's samples ranked
+ 12. reward      python reward.py           the reward model, from all three rounds
+ 13. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
+ 14. ppo         python ppo.py --ptx_coef=0 plain PPO
+ 15. dpo         python dpo.py              DPO on the same comparisons
+ 16. bestofn     python bestofn.py          best-of-N: the room in SFT's samples, and the RM's view of it
+ 17. evaluate    python evaluate.py         the paper's table in miniature
 
-Two rounds of comparisons, as in the paper, whose labelers ranked samples of SFT models and
-of earlier PPO policies. A reward model trained on SFT samples alone has never seen what a
-PPO policy finds to please it; the labelers of the first round also rank one answer that
+Three rounds of comparisons, as in the paper, whose labelers ranked samples of SFT models
+and of earlier PPO policies. A reward model trained on SFT samples alone has never seen what
+a PPO policy finds to please it; the labelers of the first round also rank one answer that
 SFT wrote for another prompt of the same kind (an answer to another question, which SFT
-itself seldom gives), and ranking a first PPO policy's samples shows it the rest (a
-misconception SFT seldom states, or "The text does not say" to a question the text answers).
+itself seldom gives), and ranking the PPO policies' samples shows it the rest. Each round
+mends what the reward model before it overrated and may overrate something else: the first
+PPO policy may say "The text does not say" to questions the text answers, and a reward model
+taught otherwise by its samples may then prefer a made-up pet to "The text does not say"
+where the text names none, which the second PPO policy finds and the third round shows.
 
 Each stage is a script that also runs alone. A stage whose output already exists is
 skipped; --redo=sft,reward (or --redo=all) runs those stages again, and every stage after
@@ -51,12 +57,13 @@ import torch
 
 # The first round ranks SFT's samples on the 8,000 reward-model prompts, in two halves of
 # HALF prompts. The first reward model, which only has to show the labelers what a first
-# PPO run finds, learns from the first half; the reward model learns from all of them. The
-# second round: the first PPO policy's samples on ROUND2_PROMPTS prompts (it needs only as
-# long as PPO takes to find what the first reward model overrates, and a looser KL penalty,
-# so that it finds it).
-HALF, ROUND1_ITERS, ROUND1_BETA, ROUND2_PROMPTS = 4000, 40, 0.1, 2000
-COMPARISONS = "out/comparisons.jsonl,out/comparisons_b.jsonl,out/comparisons_r2.jsonl"
+# PPO run finds, learns from the first half; the second from both halves and the second
+# round; the reward model from all three rounds. The second and third rounds: a PPO
+# policy's samples on ROUND_PROMPTS prompts each (a PPO run needs only as long as it takes
+# to find what its reward model overrates, and a looser KL penalty, so that it finds it).
+HALF, ROUND_ITERS, ROUND_BETA, ROUND_PROMPTS = 4000, 40, 0.1, 2000
+ROUND2_COMPARISONS = "out/comparisons.jsonl,out/comparisons_b.jsonl,out/comparisons_r2.jsonl"
+COMPARISONS = ROUND2_COMPARISONS + ",out/comparisons_r3.jsonl"
 
 STAGES = [  # name, command, the file it makes
     ("data", ["-m", "data.generate"], "out/data/tokenizer.tiktoken"),
@@ -68,10 +75,18 @@ STAGES = [  # name, command, the file it makes
                    "--out=out/comparisons_b.jsonl"], "out/comparisons_b.jsonl"),
     ("reward_r1", ["reward.py", "--comparisons=out/comparisons.jsonl", "--out=out/reward_r1.pt"],
      "out/reward_r1.pt"),
-    ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND1_ITERS}",
-                f"--beta={ROUND1_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
-    ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND2_PROMPTS}",
+    ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND_ITERS}",
+                f"--beta={ROUND_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
+    ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND_PROMPTS}",
                     "--n_other=0", "--out=out/comparisons_r2.jsonl"], "out/comparisons_r2.jsonl"),
+    ("reward_r2", ["reward.py", f"--comparisons={ROUND2_COMPARISONS}", "--out=out/reward_r2.pt"],
+     "out/reward_r2.pt"),
+    ("ppo_r2", ["ppo.py", "--reward=out/reward_r2.pt", f"--iters={ROUND_ITERS}",
+                f"--beta={ROUND_BETA}", "--out=out/ppo_r2.pt"], "out/ppo_r2.pt"),
+    # other prompts than the second round's, with samples and labels drawn afresh
+    ("compare_r3", ["-m", "data.collect", "--policy=out/ppo_r2.pt", f"--start_prompt={ROUND_PROMPTS}",
+                    f"--n_prompts={ROUND_PROMPTS}", "--n_other=0", "--seed=1339",
+                    "--out=out/comparisons_r3.jsonl"], "out/comparisons_r3.jsonl"),
     ("reward", ["reward.py", f"--comparisons={COMPARISONS}"], "out/reward.pt"),
     ("ppo_ptx", ["ppo.py"], "out/ppo_ptx.pt"),
     ("ppo", ["ppo.py", "--ptx_coef=0"], "out/ppo.pt"),

@@ -299,11 +299,16 @@ def test_pipeline_stages_pass_options_their_scripts_accept():
         cfg = parse_config(config, args)  # an unknown option or a bad value raises here
         if "--out" in {a.split("=")[0] for a in args}:
             assert output.endswith(cfg.out), name  # the stage makes the file the pipeline checks
-    # the second round reads the first PPO policy, and the last reward model both rounds
+    # each round reads the PPO policy before it, and the last reward model every round
     made = [output for _, _, output in pipeline.STAGES]
     for path in pipeline.COMPARISONS.split(","):
         assert path in made
-    assert made.index("out/ppo_r1.pt") < made.index("out/comparisons_r2.jsonl") < made.index("out/reward.pt")
+    assert (made.index("out/ppo_r1.pt") < made.index("out/comparisons_r2.jsonl")
+            < made.index("out/reward_r2.pt") < made.index("out/ppo_r2.pt")
+            < made.index("out/comparisons_r3.jsonl") < made.index("out/reward.pt"))
+    stages = {name: cmd for name, cmd, _ in pipeline.STAGES}
+    assert "--reward=out/reward_r2.pt" in stages["ppo_r2"] and "--policy=out/ppo_r2.pt" in stages["compare_r3"]
+    assert len(pipeline.COMPARISONS.split(",")) == 4
 
 
 def test_rlhf_fp32_keeps_every_stage_in_fp32(monkeypatch):

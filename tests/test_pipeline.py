@@ -182,7 +182,8 @@ def test_the_first_round_is_ranked_in_two_halves_that_meet_where_they_should():
     assert seed and seed[0] != f"--seed={collect.Config().seed}"
     assert not any(arg.startswith("--seed=") for arg in first)
     made = {name: output for name, _, output in pipeline.STAGES}
-    assert pipeline.COMPARISONS.split(",") == [made["compare"], made["compare_b"], made["compare_r2"]]
+    assert pipeline.COMPARISONS.split(",") == [made["compare"], made["compare_b"], made["compare_r2"],
+                                               made["compare_r3"]]
     # the first reward model learns from the first half alone
     assert f"--comparisons={made['compare']}" in commands["reward_r1"]
     assert [["compare"], ["compare_b"]] in pipeline.LANES
