@@ -7,9 +7,11 @@ model sees. Best-of-N moves the policy by a known amount: its KL to the SFT mode
 log N - (N - 1) / N nats (Stiennon et al. 2020, appendix), whatever the task.
 
 It also measures the reward model where PPO uses it: on fresh SFT samples, the share of
-pairs with different gold scores that it orders as the gold labeler does; and on the diet
+pairs with different gold scores that it orders as the gold labeler does; on the diet
 questions, whether it prefers the true answer about the animal asked to another animal's
-true answer, an answer SFT rarely gives and PPO finds when the reward model overrates it.
+true answer, an answer SFT rarely gives and PPO finds when the reward model overrates it;
+and on closed questions the text cannot answer, whether it prefers saying so to every
+made-up answer.
 
 And it shows the ceiling of PPO at each KL coefficient beta. The policy that maximises
 E[r] - beta * KL(pi || pi_SFT), the objective of InstructGPT eq. 2 without the ptx term,
@@ -135,6 +137,36 @@ def other_animal_accuracy(score_fn, prompts):
     return (hits / n if n else float("nan")), n, [o for o, _ in beaten_by.most_common()]
 
 
+def made_up_answers(question):
+    """Every answer to a closed question that names something: "Tom has a pet cat.", one for
+    each pet (place, color) of the world. Where the text does not say, each is made up."""
+    key, fields = world.parse_question(question)
+    pool = {"place": world.PLACES, "color": world.COLORS, "pet": world.PETS}[key]
+    rest = (fields["object"],) if key == "color" else ()  # a color fact names the object too
+    return [world.fact_sentence(key, (fields["name"], x) + rest) for x in pool]
+
+
+def unanswerable_accuracy(score_fn, prompts):
+    """The reward model where the text does not say what is asked. For each closed question
+    whose text leaves out the fact asked about, the answer that says so ("The text does not
+    say what pet Tom has.") against every made-up answer ("Tom has a pet cat.", each pet of
+    the world). Returns {kind: share of those pairs ordered as the gold labeler orders them
+    (a tie counts half)} for the kinds asked (place, color, pet): a reward model that prefers
+    one made-up answer to "The text does not say" teaches PPO to make it up."""
+    hits, n = collections.Counter(), collections.Counter()
+    for p in prompts:
+        family, _, f = world.parse(p)
+        if family != "closedqa" or world.asked_fact(world.passage_facts(f["passage"]), f["question"]):
+            continue
+        kind = world.parse_question(f["question"])[0]
+        answers = [world.not_said(f["question"])] + made_up_answers(f["question"])
+        scores = score_fn([p] * len(answers), [a + world.EOS_TEXT for a in answers]).tolist()
+        for s in scores[1:]:
+            n[kind] += 1
+            hits[kind] += 1.0 if scores[0] > s else 0.5 if scores[0] == s else 0.0
+    return {kind: hits[kind] / n[kind] for kind in sorted(n)}
+
+
 def main(cfg):
     device, autocast = setup(cfg)
     cfg = dataclasses.replace(cfg, out_dir=cfg.out_dir or eval_dir(cfg.split))
@@ -195,6 +227,15 @@ def main(cfg):
               "the true answer about the animal asked above another animal's true answer (ties "
               "count half)" + (f"; most often beaten by {beaten_by[0][:-len(world.EOS_TEXT)]!r}"
                                if beaten_by else ""))
+    # questions the text cannot answer: does it prefer saying so to any made-up answer?
+    with torch.no_grad(), autocast:
+        by_kind = unanswerable_accuracy(
+            lambda ps, rs: score_responses(reward_model, enc, ps, rs, device).float().cpu(), prompts)
+    if by_kind:
+        results["rm_unanswerable_accuracy"] = by_kind
+        print("reward model where the text does not say: orders 'The text does not say ...' above "
+              "each made-up answer in " + ", ".join(f"{acc:.0%} ({kind})" for kind, acc in by_kind.items())
+              + " of the pairs")
     print("| N | KL (nats) | judge | gold score | win vs SFT [95% CI] |\n|---|---|---|---|---|")
     for n in ns:
         for judge, scores in (("gold", cand_gold), ("reward model", cand_rm)):

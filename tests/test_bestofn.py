@@ -104,13 +104,35 @@ def test_other_animal_accuracy_tells_a_subject_check_from_a_truth_check():
     assert math.isnan(acc) and (n, beaten_by) == (0, [])
 
 
+def test_unanswerable_accuracy_tells_saying_so_from_making_up():
+    eos = world.EOS_TEXT
+    no_pet = "Text: Tom lives in Oslo. Tom has a red cup.\nQuestion: What pet does Tom have?"
+    no_place = "Text: Ann has a pet cat. Ann has a red cup.\nQuestion: Where does Ann live?"
+    answered = "Text: Tom lives in Oslo. Tom has a pet cat.\nQuestion: What pet does Tom have?"
+    prompts = [no_pet, no_place, answered, "What do owls eat?"]
+    answers = bestofn.made_up_answers("What pet does Tom have?")
+    assert len(answers) == len(world.PETS) and "Tom has a pet cat." in answers
+    assert bestofn.made_up_answers("What color is Tom's hat?")[0] == f"Tom has {world.article(world.COLORS[0])} hat."
+    gold = lambda ps, rs: torch.tensor([world.score(p, r) for p, r in zip(ps, rs)])  # noqa: E731
+    # only the questions the text cannot answer count, by kind
+    assert bestofn.unanswerable_accuracy(gold, prompts) == {"pet": 1.0, "place": 1.0}
+
+    def likes_cats(ps, rs):  # "The text does not say" above every made-up answer but the cat
+        return torch.tensor([2.0 if "pet cat" in r else 1.0 if "does not say" in r else 0.0 for r in rs])
+    by_kind = bestofn.unanswerable_accuracy(likes_cats, prompts)
+    assert by_kind["pet"] == pytest.approx((len(world.PETS) - 1) / len(world.PETS))
+    assert by_kind["place"] == 1.0
+    assert bestofn.unanswerable_accuracy(gold, [answered, "Name two fruits."]) == {}
+
+
 def test_end_to_end_tiny(tmp_path):
     data_dir = str(tmp_path / "data")
     generate.main(generate.Config(n_docs=200, n_sft=30, n_sft_val=6, n_rm=12, n_ppo=12, n_val=12,
                                   n_eval=12, vocab_size=300, out_dir=data_dir))
     enc = get_tokenizer(os.path.join(data_dir, "tokenizer.tiktoken"))
     torch.manual_seed(0)
-    config = dict(vocab_size=enc.n_vocab, block_size=128, n_layer=1, n_head=2, n_embd=16)
+    # room for the checks' answers ("The text does not say ...") in this tiny vocabulary
+    config = dict(vocab_size=enc.n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16)
     save_checkpoint(str(tmp_path / "sft.pt"), GPT(GPTConfig(**config)), {}, 0, enc.name)
     save_checkpoint(str(tmp_path / "reward.pt"), GPT(GPTConfig(**config, scalar_head=True)), {}, 0,
                     enc.name, score_std=1.0)
@@ -124,6 +146,8 @@ def test_end_to_end_tiny(tmp_path):
     assert ("rm_other_animal_accuracy" in results) == has_diets
     if has_diets:
         assert 0.0 <= results["rm_other_animal_accuracy"] <= 1.0
+    for acc in results.get("rm_unanswerable_accuracy", {}).values():
+        assert 0.0 <= acc <= 1.0
     assert set(results["best_of"]) == {f"{n}_{j}" for n in (1, 2, 4) for j in ("gold", "reward_model")}
     # the gold labeler picking among more samples never does worse on average
     gold = [results["best_of"][f"{n}_gold"]["gold"] for n in (1, 2, 4)]
