@@ -11,7 +11,7 @@ pairs with different gold scores that it orders as the gold labeler does; on the
 questions, whether it prefers the true answer about the animal asked to another animal's
 true answer, an answer SFT rarely gives and PPO finds when the reward model overrates it;
 and on closed questions the text cannot answer, whether it prefers saying so to every
-made-up answer.
+made-up answer, in the guideline's words and in any.
 
 And it shows the ceiling of PPO at each KL coefficient beta. The policy that maximises
 E[r] - beta * KL(pi || pi_SFT), the objective of InstructGPT eq. 2 without the ptx term,
@@ -148,23 +148,30 @@ def made_up_answers(question):
 
 def unanswerable_accuracy(score_fn, prompts):
     """The reward model where the text does not say what is asked. For each closed question
-    whose text leaves out the fact asked about, the answer that says so ("The text does not
-    say what pet Tom has.") against every made-up answer ("Tom has a pet cat.", each pet of
-    the world). Returns {kind: share of those pairs ordered as the gold labeler orders them
-    (a tie counts half)} for the kinds asked (place, color, pet): a reward model that prefers
-    one made-up answer to "The text does not say" teaches PPO to make it up."""
-    hits, n = collections.Counter(), collections.Counter()
+    whose text leaves out the fact asked about, the answers that say so, the guideline's
+    ("The text does not say what pet Tom has.") and the terse ones ("The text does not
+    say.", "It does not say."), against every made-up answer ("Tom has a pet cat.", each pet
+    of the world). Returns {kind: {"complete": share of the made-up answers scored below the
+    guideline's answer, "any": share scored below the best-scored of the answers that say
+    so}} for the kinds asked (place, color, pet), a tie counting half. PPO finds the
+    best-scored answer: where "any" is low, the reward model teaches it to make things up."""
+    hits = collections.defaultdict(float)
+    n = collections.Counter()
     for p in prompts:
         family, _, f = world.parse(p)
         if family != "closedqa" or world.asked_fact(world.passage_facts(f["passage"]), f["question"]):
             continue
         kind = world.parse_question(f["question"])[0]
-        answers = [world.not_said(f["question"])] + made_up_answers(f["question"])
+        says_so = [world.not_said(f["question"]), "The text does not say.", "It does not say."]
+        answers = says_so + made_up_answers(f["question"])
         scores = score_fn([p] * len(answers), [a + world.EOS_TEXT for a in answers]).tolist()
-        for s in scores[1:]:
+        complete, best = scores[0], max(scores[:len(says_so)])
+        for s in scores[len(says_so):]:
             n[kind] += 1
-            hits[kind] += 1.0 if scores[0] > s else 0.5 if scores[0] == s else 0.0
-    return {kind: hits[kind] / n[kind] for kind in sorted(n)}
+            hits[kind, "complete"] += 1.0 if complete > s else 0.5 if complete == s else 0.0
+            hits[kind, "any"] += 1.0 if best > s else 0.5 if best == s else 0.0
+    return {kind: {form: hits[kind, form] / n[kind] for form in ("complete", "any")}
+            for kind in sorted(n)}
 
 
 def main(cfg):
@@ -233,9 +240,9 @@ def main(cfg):
             lambda ps, rs: score_responses(reward_model, enc, ps, rs, device).float().cpu(), prompts)
     if by_kind:
         results["rm_unanswerable_accuracy"] = by_kind
-        print("reward model where the text does not say: orders 'The text does not say ...' above "
-              "each made-up answer in " + ", ".join(f"{acc:.0%} ({kind})" for kind, acc in by_kind.items())
-              + " of the pairs")
+        print("reward model where the text does not say: scores the made-up answers below the "
+              "guideline's answer, and below the best of the answers that say so: " + ", ".join(
+                  f"{kind} {acc['complete']:.0%} and {acc['any']:.0%}" for kind, acc in by_kind.items()))
     print("| N | KL (nats) | judge | gold score | win vs SFT [95% CI] |\n|---|---|---|---|---|")
     for n in ns:
         for judge, scores in (("gold", cand_gold), ("reward model", cand_rm)):

@@ -115,13 +115,20 @@ def test_unanswerable_accuracy_tells_saying_so_from_making_up():
     assert bestofn.made_up_answers("What color is Tom's hat?")[0] == f"Tom has {world.article(world.COLORS[0])} hat."
     gold = lambda ps, rs: torch.tensor([world.score(p, r) for p, r in zip(ps, rs)])  # noqa: E731
     # only the questions the text cannot answer count, by kind
-    assert bestofn.unanswerable_accuracy(gold, prompts) == {"pet": 1.0, "place": 1.0}
+    perfect = {"complete": 1.0, "any": 1.0}
+    assert bestofn.unanswerable_accuracy(gold, prompts) == {"pet": perfect, "place": perfect}
 
     def likes_cats(ps, rs):  # "The text does not say" above every made-up answer but the cat
         return torch.tensor([2.0 if "pet cat" in r else 1.0 if "does not say" in r else 0.0 for r in rs])
     by_kind = bestofn.unanswerable_accuracy(likes_cats, prompts)
-    assert by_kind["pet"] == pytest.approx((len(world.PETS) - 1) / len(world.PETS))
-    assert by_kind["place"] == 1.0
+    below_but_cat = (len(world.PETS) - 1) / len(world.PETS)
+    assert by_kind["pet"] == pytest.approx({"complete": below_but_cat, "any": below_but_cat})
+    assert by_kind["place"] == perfect
+
+    def likes_terse(ps, rs):  # the guideline's answer below every made-up one, the terse above
+        return torch.tensor([1.0 if r.startswith("It does not say.") else
+                             -1.0 if "does not say" in r else 0.0 for r in rs])
+    assert bestofn.unanswerable_accuracy(likes_terse, [no_pet]) == {"pet": {"complete": 0.0, "any": 1.0}}
     assert bestofn.unanswerable_accuracy(gold, [answered, "Name two fruits."]) == {}
 
 
@@ -147,7 +154,7 @@ def test_end_to_end_tiny(tmp_path):
     if has_diets:
         assert 0.0 <= results["rm_other_animal_accuracy"] <= 1.0
     for acc in results.get("rm_unanswerable_accuracy", {}).values():
-        assert 0.0 <= acc <= 1.0
+        assert 0.0 <= acc["complete"] <= acc["any"] <= 1.0
     assert set(results["best_of"]) == {f"{n}_{j}" for n in (1, 2, 4) for j in ("gold", "reward_model")}
     # the gold labeler picking among more samples never does worse on average
     gold = [results["best_of"][f"{n}_gold"]["gold"] for n in (1, 2, 4)]
