@@ -38,7 +38,7 @@ run again by the next `python pipeline.py`, with every stage after it: out/pipel
 names it until the last stage is done. --device=cuda (or cpu, mps) is passed on;
 --seed=N goes to data.generate and makes another world (run it in a fresh out/).
 
-On a CPU, stages 4 and 5, and then stages 9 to 13, run in two lanes side by side (LANES),
+On a CPU, stages 4 and 5, and then stages 12 to 16, run in two lanes side by side (LANES),
 each process with half the threads, their output in out/logs/STAGE.log: the two halves of
 the first round's comparisons; then the reward model and PPO-ptx, beside DPO, then plain
 PPO and best-of-N once the reward model is there. --jobs=1 runs them one after another, as

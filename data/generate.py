@@ -220,15 +220,16 @@ def closedqa_kind(prompt):
     """('pet', True): what a closed-QA prompt asks about, and whether its text says."""
     fields = world.parse(prompt)[2]
     kind = world.parse_question(fields["question"])[0]
-    return kind, world.asked_fact(world.passage_facts(fields["passage"]), fields["question"]) is not None
+    facts = world.passage_facts(fields["passage"])
+    return kind, world.asked_fact(facts, fields["question"]) is not None
 
 
 def closedqa_slots(rng, n):
-    """What each of n closed-QA prompts of an evaluation set asks, in a random order: each
-    kind of question a third of them, and round(UNANSWERABLE_SHARE * n) of them, spread over
-    the kinds, about what the text does not say. Drawn freely, 40 questions hold anywhere
-    from 6 to 18 that the text cannot answer, and a world's hallucination rate would follow
-    its draw: fixed, the rates of two worlds measure their models alone."""
+    """What each of n closed-QA prompts of an evaluation or validation set asks, in a random
+    order: each kind of question a third of them, and round(UNANSWERABLE_SHARE * n) of them,
+    spread over the kinds, about what the text does not say. Drawn freely, 40 questions hold
+    12 that the text cannot answer give or take 3 (one standard deviation), and a world's
+    hallucination rate would follow its draw: fixed, two worlds' rates measure their models."""
     n_unanswerable = round(world.UNANSWERABLE_SHARE * n)
     kinds = list(world.QUESTIONS)
     slots = [(kinds[i % len(kinds)], i >= n_unanswerable) for i in range(n)]
@@ -253,7 +254,8 @@ def prompt_sets(cfg):
         # evaluation and validation: closed QA in fixed proportions (closedqa_slots), so that
         # every world's rates are measured on the same mix of questions
         n_closedqa = sum(world.FAMILIES[i % len(world.FAMILIES)] == "closedqa" for i in range(n))
-        slots = closedqa_slots(random.Random(f"{cfg.seed}-{name}-qa"), n_closedqa) if phrasing == "any" else None
+        slots = (closedqa_slots(random.Random(f"{cfg.seed}-{name}-qa"), n_closedqa)
+                 if phrasing == "any" else None)
         while len(rows) < n:
             tries += 1
             if tries > 1000 * n:

@@ -112,14 +112,16 @@ def test_unanswerable_accuracy_tells_saying_so_from_making_up():
     prompts = [no_pet, no_place, answered, "What do owls eat?"]
     answers = bestofn.made_up_answers("What pet does Tom have?")
     assert len(answers) == len(world.PETS) and "Tom has a pet cat." in answers
-    assert bestofn.made_up_answers("What color is Tom's hat?")[0] == f"Tom has {world.article(world.COLORS[0])} hat."
+    first_color = world.article(world.COLORS[0])
+    assert bestofn.made_up_answers("What color is Tom's hat?")[0] == f"Tom has {first_color} hat."
     gold = lambda ps, rs: torch.tensor([world.score(p, r) for p, r in zip(ps, rs)])  # noqa: E731
     # only the questions the text cannot answer count, by kind
     perfect = {"complete": 1.0, "any": 1.0}
     assert bestofn.unanswerable_accuracy(gold, prompts) == {"pet": perfect, "place": perfect}
 
     def likes_cats(ps, rs):  # "The text does not say" above every made-up answer but the cat
-        return torch.tensor([2.0 if "pet cat" in r else 1.0 if "does not say" in r else 0.0 for r in rs])
+        return torch.tensor([2.0 if "pet cat" in r else 1.0 if "does not say" in r else 0.0
+                             for r in rs])
     by_kind = bestofn.unanswerable_accuracy(likes_cats, prompts)
     below_but_cat = (len(world.PETS) - 1) / len(world.PETS)
     assert by_kind["pet"] == pytest.approx({"complete": below_but_cat, "any": below_but_cat})
@@ -128,7 +130,8 @@ def test_unanswerable_accuracy_tells_saying_so_from_making_up():
     def likes_terse(ps, rs):  # the guideline's answer below every made-up one, the terse above
         return torch.tensor([1.0 if r.startswith("It does not say.") else
                              -1.0 if "does not say" in r else 0.0 for r in rs])
-    assert bestofn.unanswerable_accuracy(likes_terse, [no_pet]) == {"pet": {"complete": 0.0, "any": 1.0}}
+    assert bestofn.unanswerable_accuracy(likes_terse, [no_pet]) == {"pet": {"complete": 0.0,
+                                                                            "any": 1.0}}
     assert bestofn.unanswerable_accuracy(gold, [answered, "Name two fruits."]) == {}
 
 

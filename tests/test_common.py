@@ -307,7 +307,8 @@ def test_pipeline_stages_pass_options_their_scripts_accept():
             < made.index("out/reward_r2.pt") < made.index("out/ppo_r2.pt")
             < made.index("out/comparisons_r3.jsonl") < made.index("out/reward.pt"))
     stages = {name: cmd for name, cmd, _ in pipeline.STAGES}
-    assert "--reward=out/reward_r2.pt" in stages["ppo_r2"] and "--policy=out/ppo_r2.pt" in stages["compare_r3"]
+    assert "--reward=out/reward_r2.pt" in stages["ppo_r2"]
+    assert "--policy=out/ppo_r2.pt" in stages["compare_r3"]
     assert len(pipeline.COMPARISONS.split(",")) == 4
 
 
