@@ -216,14 +216,6 @@ def question_pools(seed, eval_frac=0.2, val_frac=0.1):
     return pool
 
 
-def closedqa_kind(prompt):
-    """('pet', True): what a closed-QA prompt asks about, and whether its text says."""
-    fields = world.parse(prompt)[2]
-    kind = world.parse_question(fields["question"])[0]
-    facts = world.passage_facts(fields["passage"])
-    return kind, world.asked_fact(facts, fields["question"]) is not None
-
-
 def closedqa_slots(rng, n):
     """What each of n closed-QA prompts of an evaluation or validation set asks, in a random
     order: each kind of question a third of them, and round(UNANSWERABLE_SHARE * n) of them,
@@ -271,7 +263,8 @@ def prompt_sets(cfg):
             prompt = world.make_prompt(rng, family, tid)
             if pool(question(prompt)) not in (split, None) or (split == "eval" and prompt in seen):
                 continue
-            if slots and family == "closedqa" and closedqa_kind(prompt) != slots[n_drawn["closedqa"]]:
+            wanted = slots and family == "closedqa" and slots[n_drawn["closedqa"]]
+            if wanted and world.closedqa_kind(prompt) != wanted:
                 continue
             if demos and not labelers_would_write(rng, family, prompt, written):
                 continue

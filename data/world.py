@@ -271,6 +271,13 @@ def asked_fact(facts, question):
     return key if known and (key != "color" or facts[key][2] == fields["object"]) else None
 
 
+def closedqa_kind(prompt):
+    """('pet', True): what a closed-QA prompt asks about, and whether its text says."""
+    fields = parse(prompt)[2]
+    kind = parse_question(fields["question"])[0]
+    return kind, asked_fact(passage_facts(fields["passage"]), fields["question"]) is not None
+
+
 def not_said(question):
     """'The text does not say where Tom lives.': the answer to a question the text leaves open."""
     key, fields = parse_question(question)

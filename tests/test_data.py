@@ -483,7 +483,7 @@ def test_prompt_sets_disjoint_by_question(data_dir):
 
 def test_evaluation_sets_ask_every_world_the_same_mix_of_closed_questions(data_dir):
     for name in ("eval_prompts.jsonl", "val_prompts.jsonl"):
-        asked = collections.Counter(generate.closedqa_kind(p) for p in read_prompts(data_dir, name)
+        asked = collections.Counter(world.closedqa_kind(p) for p in read_prompts(data_dir, name)
                                     if world.parse(p)[0] == "closedqa")
         n = sum(asked.values())
         assert n >= 5, name
