@@ -6,14 +6,16 @@ The whole InstructGPT pipeline in one command, on the world's embedded data:
   3. sft         python sft.py              supervised fine-tuning on demonstrations
   4. compare     python -m data.collect     SFT samples ranked by the simulated labelers, each
                                             prompt's with one written for another prompt:
-                                            the first 4,000 reward-model prompts
-  5. compare_b   python -m data.collect     the same for the other 4,000
-  6. reward_r1   python reward.py           a first reward model, from the first 4,000
+                                            the first 2,000 reward-model prompts
+  5. compare_b   python -m data.collect     the same for the next 2,000
+  6. reward_r1   python reward.py           a first reward model, from this first round
   7. ppo_r1      python ppo.py              a first, short PPO run against it
-  8. compare_r2  python -m data.collect     the first PPO policy's samples ranked as well
+  8. compare_r2  python -m data.collect     the first PPO policy's samples ranked, on the
+                                            next 2,000 prompts
   9. reward_r2   python reward.py           a second reward model, from both rounds so far
  10. ppo_r2      python ppo.py              a second short PPO run, against it
- 11. compare_r3  python -m data.collect     the second PPO policy's samples ranked
+ 11. compare_r3  python -m data.collect     the second PPO policy's samples ranked, on the
+                                            last 2,000 prompts
  12. reward      python reward.py           the reward model, from all three rounds
  13. ppo_ptx     python ppo.py              PPO with the pretraining mix (InstructGPT)
  14. ppo         python ppo.py --ptx_coef=0 plain PPO
@@ -55,14 +57,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-# The first round ranks SFT's samples on the 8,000 reward-model prompts, in two halves of
-# HALF prompts. The first reward model, which only has to show the labelers what a first
-# PPO run finds, learns from the first half; the second from both halves and the second
-# round; the reward model from all three rounds. The second and third rounds: a PPO
-# policy's samples on ROUND_PROMPTS prompts each (a PPO run needs only as long as it takes
-# to find what its reward model overrates, and a looser KL penalty, so that it finds it).
-HALF, ROUND_ITERS, ROUND_BETA, ROUND_PROMPTS = 4000, 40, 0.1, 2000
-ROUND2_COMPARISONS = "out/comparisons.jsonl,out/comparisons_b.jsonl,out/comparisons_r2.jsonl"
+# The 8,000 reward-model prompts, a quarter each: the first round ranks SFT's samples on the
+# first 4,000, in two halves of HALF prompts ranked side by side; the second and third
+# rounds a PPO policy's samples on ROUND_PROMPTS prompts each, the next 2,000 and the last
+# 2,000, so that no round asks another's questions. The first reward model learns from the
+# first round; the second from the first two rounds; the reward model from all three. A
+# round's PPO run needs only as long as it takes to find what its reward model overrates,
+# and a looser KL penalty (ROUND_BETA), so that it finds it.
+HALF, ROUND_ITERS, ROUND_BETA, ROUND_PROMPTS = 2000, 30, 0.1, 2000
+ROUND1_COMPARISONS = "out/comparisons.jsonl,out/comparisons_b.jsonl"
+ROUND2_COMPARISONS = ROUND1_COMPARISONS + ",out/comparisons_r2.jsonl"
 COMPARISONS = ROUND2_COMPARISONS + ",out/comparisons_r3.jsonl"
 
 STAGES = [  # name, command, the file it makes
@@ -71,22 +75,24 @@ STAGES = [  # name, command, the file it makes
     ("sft", ["sft.py"], "out/sft.pt"),
     ("compare", ["-m", "data.collect", f"--n_prompts={HALF}"], "out/comparisons.jsonl"),
     # the second half with a seed of its own: its samples and labels drawn afresh
-    ("compare_b", ["-m", "data.collect", f"--start_prompt={HALF}", "--seed=1338",
-                   "--out=out/comparisons_b.jsonl"], "out/comparisons_b.jsonl"),
-    ("reward_r1", ["reward.py", "--comparisons=out/comparisons.jsonl", "--out=out/reward_r1.pt"],
+    ("compare_b", ["-m", "data.collect", f"--start_prompt={HALF}", f"--n_prompts={HALF}",
+                   "--seed=1338", "--out=out/comparisons_b.jsonl"], "out/comparisons_b.jsonl"),
+    ("reward_r1", ["reward.py", f"--comparisons={ROUND1_COMPARISONS}", "--out=out/reward_r1.pt"],
      "out/reward_r1.pt"),
     ("ppo_r1", ["ppo.py", "--reward=out/reward_r1.pt", f"--iters={ROUND_ITERS}",
                 f"--beta={ROUND_BETA}", "--out=out/ppo_r1.pt"], "out/ppo_r1.pt"),
-    ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--n_prompts={ROUND_PROMPTS}",
-                    "--n_other=0", "--out=out/comparisons_r2.jsonl"], "out/comparisons_r2.jsonl"),
+    ("compare_r2", ["-m", "data.collect", "--policy=out/ppo_r1.pt", f"--start_prompt={2 * HALF}",
+                    f"--n_prompts={ROUND_PROMPTS}", "--n_other=0", "--out=out/comparisons_r2.jsonl"],
+     "out/comparisons_r2.jsonl"),
     ("reward_r2", ["reward.py", f"--comparisons={ROUND2_COMPARISONS}", "--out=out/reward_r2.pt"],
      "out/reward_r2.pt"),
     ("ppo_r2", ["ppo.py", "--reward=out/reward_r2.pt", f"--iters={ROUND_ITERS}",
                 f"--beta={ROUND_BETA}", "--out=out/ppo_r2.pt"], "out/ppo_r2.pt"),
-    # other prompts than the second round's, with samples and labels drawn afresh
-    ("compare_r3", ["-m", "data.collect", "--policy=out/ppo_r2.pt", f"--start_prompt={ROUND_PROMPTS}",
-                    f"--n_prompts={ROUND_PROMPTS}", "--n_other=0", "--seed=1339",
-                    "--out=out/comparisons_r3.jsonl"], "out/comparisons_r3.jsonl"),
+    # with samples and labels drawn afresh
+    ("compare_r3", ["-m", "data.collect", "--policy=out/ppo_r2.pt",
+                    f"--start_prompt={2 * HALF + ROUND_PROMPTS}", f"--n_prompts={ROUND_PROMPTS}",
+                    "--n_other=0", "--seed=1339", "--out=out/comparisons_r3.jsonl"],
+     "out/comparisons_r3.jsonl"),
     ("reward", ["reward.py", f"--comparisons={COMPARISONS}"], "out/reward.pt"),
     ("ppo_ptx", ["ppo.py"], "out/ppo_ptx.pt"),
     ("ppo", ["ppo.py", "--ptx_coef=0"], "out/ppo.pt"),

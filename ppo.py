@@ -61,7 +61,7 @@ class Config:
     device: str = "auto"             # auto: cuda, then mps, then cpu
     seed: int = 1337
     # rollouts
-    iters: int = 120                 # PPO iterations: one rollout batch and its update each
+    iters: int = 90                  # PPO iterations: one rollout batch and its update each
     batch_size: int = 64             # prompts (episodes) per rollout
     max_new_tokens: int = 48         # responses that never emit EOS are cut here
     temperature: float = 1.0         # sampling temperature; log-probs use the same one

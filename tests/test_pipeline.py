@@ -172,20 +172,32 @@ def test_only_the_first_round_ranks_answers_to_other_prompts():
     assert "--n_other=0" in commands["compare_r2"]
 
 
-def test_the_first_round_is_ranked_in_two_halves_that_meet_where_they_should():
+def prompt_range(cmd):
+    """The reward-model prompts a data.collect command ranks: range(start, end)."""
+    opts = dict(arg[2:].split("=", 1) for arg in cmd if arg.startswith("--"))
+    start = int(opts.get("start_prompt", collect.Config().start_prompt))
+    return range(start, start + int(opts["n_prompts"]))
+
+
+def test_the_rounds_rank_the_reward_model_prompts_each_their_own_and_all_of_them():
     commands = {name: cmd for name, cmd, _ in pipeline.STAGES}
-    first, second = commands["compare"], commands["compare_b"]
-    assert 2 * pipeline.HALF == generate.Config().n_rm  # the two halves are all the prompts
-    assert f"--n_prompts={pipeline.HALF}" in first and f"--start_prompt={pipeline.HALF}" in second
-    seed = [arg for arg in second if arg.startswith("--seed=")]
-    # other samples and labels than the first half's, whose seed is data.collect's default
-    assert seed and seed[0] != f"--seed={collect.Config().seed}"
-    assert not any(arg.startswith("--seed=") for arg in first)
+    rounds = ["compare", "compare_b", "compare_r2", "compare_r3"]
+    ranges = [prompt_range(commands[name]) for name in rounds]
+    # one after another, none asking another's questions, together every prompt
+    assert ranges[0].start == 0 and ranges[-1].stop == generate.Config().n_rm
+    assert all(a.stop == b.start for a, b in zip(ranges, ranges[1:]))
+    assert len(ranges[0]) == len(ranges[1]) == pipeline.HALF
+    seeds = [next((arg for arg in commands[name] if arg.startswith("--seed=")),
+                  f"--seed={collect.Config().seed}") for name in rounds]
+    # the second half draws other samples and labels than the first; so does the third
+    # round against the second (another policy, but the same seed would be no harm)
+    assert seeds[1] != seeds[0] and seeds[3] != seeds[2]
     made = {name: output for name, _, output in pipeline.STAGES}
-    assert pipeline.COMPARISONS.split(",") == [made["compare"], made["compare_b"], made["compare_r2"],
-                                               made["compare_r3"]]
-    # the first reward model learns from the first half alone
-    assert f"--comparisons={made['compare']}" in commands["reward_r1"]
+    assert pipeline.COMPARISONS.split(",") == [made[name] for name in rounds]
+    assert pipeline.ROUND2_COMPARISONS.split(",") == [made[name] for name in rounds[:3]]
+    # the first reward model learns from the first round, both halves; the second from two rounds
+    assert f"--comparisons={made['compare']},{made['compare_b']}" in commands["reward_r1"]
+    assert f"--comparisons={pipeline.ROUND2_COMPARISONS}" in commands["reward_r2"]
     assert [["compare"], ["compare_b"]] in pipeline.LANES
 
 
