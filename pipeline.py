@@ -108,9 +108,9 @@ STAGES = [  # name, command, the file it makes
 # stage is done. The first round's two halves of prompts are ranked side by side. DPO needs
 # only the comparisons, so it trains beside the reward model; plain PPO needs the reward
 # model too, so it waits for it (WAITS_FOR) if DPO finishes first, and best-of-N, which
-# needs it as well, comes after plain PPO. On a slow 2-core machine (pretraining at 15,356
-# tokens/s) the halves of the comparisons took 92 s each; the reward model 206 s and PPO-ptx
-# 330 s, beside DPO 218 s, plain PPO 260 s and best-of-N 26 s.
+# needs it as well, comes after plain PPO. On a slow 2-core machine (pretraining at 14,455
+# tokens/s) the halves of the comparisons took 55 s each; the reward model 189 s and PPO-ptx
+# 247 s, beside DPO 175 s, plain PPO 198 s and best-of-N 29 s.
 LANES = [  # groups of two lanes; a group's stages follow one another in STAGES
     [["compare"], ["compare_b"]],
     [["reward", "ppo_ptx"], ["dpo", "ppo", "bestofn"]],

@@ -17,9 +17,9 @@ two agree: the paper's inter-labeler agreement (72.6%), measured on real SFT sam
 answer to another prompt, which they nearly always rank last, would only raise it).
 
 Run: python -m data.collect            (K = 6; --k=9 for the paper's largest)
-     python -m data.collect --start_prompt=4000 --seed=1338 --out=out/comparisons_b.jsonl
-                                       (the prompts from the 4,001st on, with other draws:
-                                        pipeline.py ranks the two halves side by side)
+     python -m data.collect --start_prompt=2000 --n_prompts=2000 --seed=1338 --out=out/comparisons_b.jsonl
+                                       (the 2,001st to 4,000th prompts, with other draws:
+                                        pipeline.py ranks two halves side by side)
 """
 import collections
 import dataclasses
