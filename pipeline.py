@@ -57,10 +57,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-# The 8,000 reward-model prompts, a quarter each: the first round ranks SFT's samples on the
-# first 4,000, in two halves of HALF prompts ranked side by side; the second and third
-# rounds a PPO policy's samples on ROUND_PROMPTS prompts each, the next 2,000 and the last
-# 2,000, so that no round asks another's questions. The first reward model learns from the
+# The 8,000 reward-model prompts in quarters of 2,000: the first round ranks SFT's samples
+# on the first 4,000, in two halves of HALF prompts ranked side by side; the second and
+# third rounds a PPO policy's samples on ROUND_PROMPTS prompts each, the next 2,000 and the
+# last 2,000, so that no round asks another's questions. The first reward model learns from the
 # first round; the second from the first two rounds; the reward model from all three. A
 # round's PPO run needs only as long as it takes to find what its reward model overrates,
 # and a looser KL penalty (ROUND_BETA), so that it finds it.
@@ -88,7 +88,7 @@ STAGES = [  # name, command, the file it makes
      "out/reward_r2.pt"),
     ("ppo_r2", ["ppo.py", "--reward=out/reward_r2.pt", f"--iters={ROUND_ITERS}",
                 f"--beta={ROUND_BETA}", "--out=out/ppo_r2.pt"], "out/ppo_r2.pt"),
-    # with samples and labels drawn afresh
+    # a seed of its own as well: its samples and labels drawn afresh
     ("compare_r3", ["-m", "data.collect", "--policy=out/ppo_r2.pt",
                     f"--start_prompt={2 * HALF + ROUND_PROMPTS}", f"--n_prompts={ROUND_PROMPTS}",
                     "--n_other=0", "--seed=1339", "--out=out/comparisons_r3.jsonl"],

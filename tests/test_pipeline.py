@@ -189,8 +189,8 @@ def test_the_rounds_rank_the_reward_model_prompts_each_their_own_and_all_of_them
     assert len(ranges[0]) == len(ranges[1]) == pipeline.HALF
     seeds = [next((arg for arg in commands[name] if arg.startswith("--seed=")),
                   f"--seed={collect.Config().seed}") for name in rounds]
-    # the second half draws other samples and labels than the first; so does the third
-    # round against the second (another policy, but the same seed would be no harm)
+    # each round's second part draws its samples and labels afresh: the first round's second
+    # half, and the third round against the second
     assert seeds[1] != seeds[0] and seeds[3] != seeds[2]
     made = {name: output for name, _, output in pipeline.STAGES}
     assert pipeline.COMPARISONS.split(",") == [made[name] for name in rounds]
