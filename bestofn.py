@@ -164,7 +164,7 @@ def unanswerable_accuracy(score_fn, prompts):
         kind, text_says = world.closedqa_kind(p)
         if text_says:  # then a named answer may be right, not made up
             continue
-        says_so = [world.not_said(f["question"]), "The text does not say.", "It does not say."]
+        says_so = [world.not_said(f["question"]), *world.TERSE_NOT_SAID]
         answers = says_so + made_up_answers(f["question"])
         scores = score_fn([p] * len(answers), [a + world.EOS_TEXT for a in answers]).tolist()
         complete, best = scores[0], max(scores[:len(says_so)])

@@ -84,8 +84,8 @@ GPU = dict(batch_size=64, lr=1e-4, min_lr=1e-5, pairs_per_prompt=0)
 # prompts: wins 62% and 58% against SFT). At 0.3 it stayed within 1.4 to 2.2 nats and won
 # 64% and 65%, until the comparisons held a third round: then it drifted 4.7 nats on world
 # 7's validation prompts, made up something in 26% of its closed-QA and summary answers
-# and won 64% (world 1337: 0.9 nats, 4%, 70%). At 0.5: 1.0 nats, 10%, 66% (0.5, 3%, 66%);
-# at 0.4: 2.6 nats, 14%, 65% (0.6, 2%, 68%).
+# and won 64% (world 1337: 0.9 nats, 4%, 70%). At 0.4: 2.6 nats, 14%, 65% (0.6, 2%, 68%);
+# at 0.5: 1.0 nats, 10%, 66% (0.5, 3%, 66%).
 
 
 def sequence_logprobs(model, ids, attention_mask, response_mask):

@@ -284,6 +284,10 @@ def not_said(question):
     return "The text does not say " + NOT_SAID[key].format(**fields) + "."
 
 
+# the same, tersely, as some labelers write it (terse_response)
+TERSE_NOT_SAID = ("The text does not say.", "It does not say.")
+
+
 def passage_facts(passage):
     """{'place': (name, place), 'color': (name, color, object), 'pet': (name, pet)}"""
     facts = {}
@@ -369,7 +373,7 @@ def terse_response(prompt, rng):
         facts = passage_facts(f["passage"])
         key = asked_fact(facts, f["question"])
         if key is None:
-            return rng.choice(["The text does not say.", "It does not say."])
+            return rng.choice(TERSE_NOT_SAID)
         return terse_fact(key, facts[key], rng)
     if family == "truth":
         return DIETS[f["animals"]][0].capitalize() + "."
