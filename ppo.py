@@ -207,7 +207,7 @@ def ptx_loss(logits, targets, ptx_coef):
     the held-out pretraining loss below SFT's, since it first relearns what SFT forgot;
     at 0 the tax goes unchecked. The run ends by printing the held-out pretraining loss
     before and after: compare it with --ptx_coef=0."""
-    return ptx_coef * F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    return ptx_coef * F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
 
 
 class AdaptiveKLController:
@@ -367,7 +367,7 @@ def main(cfg):
                 if cfg.ptx_coef > 0:
                     x, y = get_batch(train_tokens, cfg.ptx_batch_size, policy.config.block_size, device)
                     with autocast:
-                        ptx = ptx_loss(policy(x), y, cfg.ptx_coef)
+                        ptx = ptx_loss(policy(x, fp32_head=False), y, cfg.ptx_coef)
                     loss = loss + ptx
                     stats["ptx"].append(ptx.item() / cfg.ptx_coef)
                 policy_opt.zero_grad(set_to_none=True)

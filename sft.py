@@ -74,7 +74,7 @@ def batch_loss(model, enc, rows, device, block_size):
     prompts = [r["prompt"] for r in rows]
     completions = [r["completion"] for r in rows]
     ids, attn, resp = encode_pairs(enc, prompts, completions, device, block_size, add_eos=True)
-    logits = model(ids[:, :-1], attention_mask=attn[:, :-1])  # (B, T-1, vocab)
+    logits = model(ids[:, :-1], attention_mask=attn[:, :-1], fp32_head=False)  # (B, T-1, vocab)
     # position t predicts token t+1: the loss counts it when token t+1 is a response token
     return sft_loss(logits, ids[:, 1:], resp[:, 1:].float())
 

@@ -6,11 +6,12 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from model import (GPT, GPTConfig, KVCache, apply_rotary, entropy_from_logits,  # noqa: E402
-                   response_mask, rotary, token_logprobs)
+                   lm_loss, response_mask, rotary, token_logprobs)
 
 # tensors this small run faster on one thread; several threads mostly spin-wait,
 # and slow down badly when anything else is using the CPU
@@ -312,6 +313,23 @@ def test_head_runs_in_fp32_under_bf16_autocast():
     assert (logits != logits.bfloat16().float()).any()  # more digits than a bf16 matmul gives
     torch.testing.assert_close(logits, model(ids, mask), atol=0.1, rtol=0.05)  # bf16's rounding only
 
+
+
+def test_an_lm_loss_may_run_its_head_in_bf16_and_moves_little():
+    """fp32_head=False leaves the head to the autocast: bf16 logits, and a mean loss over
+    many tokens within bf16's rounding of the fp32 head's."""
+    model = tiny_model()
+    torch.manual_seed(1)
+    x, y = torch.randint(2, VOCAB, (4, 40)), torch.randint(2, VOCAB, (4, 40))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x, fp32_head=False).dtype == torch.bfloat16
+        loss_bf16 = lm_loss(model, x, y)
+        logits = model(x)  # the default: fp32
+        loss_fp32 = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+    assert logits.dtype == torch.float32 and loss_bf16.dtype == torch.float32
+    assert loss_bf16.item() != loss_fp32.item()  # the head did run in bf16
+    assert loss_bf16.item() == pytest.approx(loss_fp32.item(), rel=0.01)
+    assert model(x, fp32_head=False).dtype == torch.float32  # no autocast: fp32 anyway
 
 def test_generate_rejects_overlong():
     model = tiny_model()
