@@ -241,13 +241,16 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
-    def forward(self, idx, attention_mask=None, position_ids=None, kv_cache=None, fp32_head=True):
+    def forward(self, idx, attention_mask=None, position_ids=None, kv_cache=None, fp32_head=True,
+                head_from=0):
         """idx (B, T) token ids; attention_mask (B, past + T), 1 = real token, 0 = padding;
         returns logits (B, T, vocab) in float32, or with the scalar head its output at every
         position (B, T): a value model's values. A reward model's score is GPT.reward.
         fp32_head=False: the head runs under the caller's autocast (bf16 logits where it is
-        on), for a loss averaged over many tokens (pretraining, SFT, PPO's pretraining mix)."""
-        x = self.hidden_states(idx, attention_mask, position_ids, kv_cache)  # (B, T, C)
+        on), for a loss averaged over many tokens (pretraining, SFT, PPO's pretraining mix).
+        head_from: the head reads positions head_from.. only, (B, T - head_from, ...): PPO
+        needs no logits for the prompt, two thirds of its tokens."""
+        x = self.hidden_states(idx, attention_mask, position_ids, kv_cache)[:, head_from:]  # (B, T', C)
         head = self.score_head if self.config.scalar_head else self.lm_head
         if fp32_head:
             # fp32 even under bf16 autocast: log-probs and scores of single responses need

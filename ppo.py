@@ -240,8 +240,9 @@ def reward_model_scores(reward_model, query_response, attention_mask, response_m
 def response_logits(model, query_response, attention_mask, context_len, temperature):
     """Logits that predicted each response token, divided by the sampling temperature
     (the distribution the tokens were drawn from). (B, Tp + N) -> (B, N, vocab)."""
-    logits = model(query_response, attention_mask)          # (B, Tp + N, vocab)
-    return logits[:, context_len - 1:-1] / temperature
+    # the head reads only the positions that predict a response token, the prompt's last on
+    logits = model(query_response, attention_mask, head_from=context_len - 1)  # (B, N + 1, vocab)
+    return logits[:, :-1] / temperature
 
 
 @torch.no_grad()

@@ -331,6 +331,16 @@ def test_an_lm_loss_may_run_its_head_in_bf16_and_moves_little():
     assert loss_bf16.item() == pytest.approx(loss_fp32.item(), rel=0.01)
     assert model(x, fp32_head=False).dtype == torch.float32  # no autocast: fp32 anyway
 
+
+def test_head_from_gives_the_full_forwards_logits_from_that_position():
+    """PPO asks for the logits of the response positions alone; they are the full pass's."""
+    model = tiny_model()
+    ids, mask = left_pad(PROMPTS)
+    full = model(ids, mask)
+    part = model(ids, mask, head_from=5)
+    assert part.shape == (full.size(0), full.size(1) - 5, VOCAB)
+    torch.testing.assert_close(part, full[:, 5:])
+
 def test_generate_rejects_overlong():
     model = tiny_model()
     with pytest.raises(ValueError, match="block_size"):
