@@ -21,11 +21,10 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import pretrain
 from common import autocast_for, check_options, parse_config, resolve_device, uses_bf16
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, lm_loss
 
 
 @dataclasses.dataclass
@@ -79,8 +78,7 @@ def bench_training(preset, device, cfg, use_sdpa=False):
     def steps():
         for _ in range(cfg.train_steps):
             with autocast:
-                logits = model(x)
-                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), x.view(-1))
+                loss = lm_loss(model, x, x)  # pretraining's loss: its head in bf16 where on
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
