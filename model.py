@@ -164,7 +164,7 @@ class CausalSelfAttention(nn.Module):
         else:
             att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, S)
             # adding -inf gives exactly zero weight, so masked keys cannot leak even a rounding
-            # error; an addition, not a masked_fill per layer and head: 5-10% of a training step
+            # error; one addition, where a masked_fill in every layer cost 5% of a training step
             att = F.softmax(att.float() + attn_bias, dim=-1).to(v.dtype)  # fp32 even under bf16 autocast
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, hs)
@@ -249,7 +249,7 @@ class GPT(nn.Module):
         fp32_head=False: the head runs under the caller's autocast (bf16 logits where it is
         on), for a loss averaged over many tokens (pretraining, SFT, PPO's pretraining mix).
         head_from: the head reads positions head_from.. only, (B, T - head_from, ...): PPO
-        needs no logits for the prompt, two thirds of its tokens."""
+        needs no logits for the prompt, about two thirds of its tokens."""
         x = self.hidden_states(idx, attention_mask, position_ids, kv_cache)[:, head_from:]  # (B, T', C)
         head = self.score_head if self.config.scalar_head else self.lm_head
         if fp32_head:
