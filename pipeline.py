@@ -108,9 +108,9 @@ STAGES = [  # name, command, the file it makes
 # stage is done. The first round's two halves of prompts are ranked side by side. DPO needs
 # only the comparisons, so it trains beside the reward model; plain PPO needs the reward
 # model too, so it waits for it (WAITS_FOR) if DPO finishes first, and best-of-N, which
-# needs it as well, comes after plain PPO. On a slow 2-core machine (pretraining at 14,455
-# tokens/s) the halves of the comparisons took 55 s each; the reward model 189 s and PPO-ptx
-# 247 s, beside DPO 175 s, plain PPO 198 s and best-of-N 29 s.
+# needs it as well, comes after plain PPO. On a 2-core machine (pretraining at 18,674
+# tokens/s) the halves of the comparisons took 52 s each; the reward model 190 s and PPO-ptx
+# 233 s, beside DPO 172 s, plain PPO 192 s and best-of-N 33 s.
 LANES = [  # groups of two lanes; a group's stages follow one another in STAGES
     [["compare"], ["compare_b"]],
     [["reward", "ppo_ptx"], ["dpo", "ppo", "bestofn"]],
