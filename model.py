@@ -250,6 +250,8 @@ class GPT(nn.Module):
         on), for a loss averaged over many tokens (pretraining, SFT, PPO's pretraining mix).
         head_from: the head reads positions head_from.. only, (B, T - head_from, ...): PPO
         needs no logits for the prompt, about two thirds of its tokens."""
+        if not 0 <= head_from < idx.size(1):
+            raise ValueError(f"head_from must be in [0, {idx.size(1)}) for {idx.size(1)} tokens, got {head_from}")
         x = self.hidden_states(idx, attention_mask, position_ids, kv_cache)[:, head_from:]  # (B, T', C)
         head = self.score_head if self.config.scalar_head else self.lm_head
         if fp32_head:

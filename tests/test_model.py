@@ -326,7 +326,7 @@ def test_an_lm_loss_may_run_its_head_in_bf16_and_moves_little():
         loss_bf16 = lm_loss(model, x, y)
         logits = model(x)  # the default: fp32
         loss_fp32 = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
-    assert logits.dtype == torch.float32 and loss_bf16.dtype == torch.float32
+    assert logits.dtype == torch.float32
     assert loss_bf16.item() != loss_fp32.item()  # the head did run in bf16
     assert loss_bf16.item() == pytest.approx(loss_fp32.item(), rel=0.01)
     assert model(x, fp32_head=False).dtype == torch.float32  # no autocast: fp32 anyway
@@ -340,6 +340,10 @@ def test_head_from_gives_the_full_forwards_logits_from_that_position():
     part = model(ids, mask, head_from=5)
     assert part.shape == (full.size(0), full.size(1) - 5, VOCAB)
     torch.testing.assert_close(part, full[:, 5:])
+    value_model = tiny_model(scalar_head=True)  # a value model's values alike
+    torch.testing.assert_close(value_model(ids, mask, head_from=5), value_model(ids, mask)[:, 5:])
+    with pytest.raises(ValueError, match="head_from"):
+        model(ids, mask, head_from=ids.size(1))
 
 def test_generate_rejects_overlong():
     model = tiny_model()
