@@ -165,7 +165,7 @@ class CausalSelfAttention(nn.Module):
             att = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, S)
             # adding -inf gives exactly zero weight, so masked keys cannot leak even a rounding
             # error; one addition, where a masked_fill in every layer cost 5% of a training step
-            att = F.softmax(att.float() + attn_bias, dim=-1).to(v.dtype)  # fp32 even under bf16 autocast
+            att = F.softmax(att.float() + attn_bias, dim=-1).to(v.dtype)  # fp32 under bf16 autocast too
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
@@ -250,8 +250,9 @@ class GPT(nn.Module):
         on), for a loss averaged over many tokens (pretraining, SFT, PPO's pretraining mix).
         head_from: the head reads positions head_from.. only, (B, T - head_from, ...): PPO
         needs no logits for the prompt, about two thirds of its tokens."""
-        if not 0 <= head_from < idx.size(1):
-            raise ValueError(f"head_from must be in [0, {idx.size(1)}) for {idx.size(1)} tokens, got {head_from}")
+        T = idx.size(1)
+        if not 0 <= head_from < T:
+            raise ValueError(f"head_from must be in [0, {T}) for {T} tokens, got {head_from}")
         x = self.hidden_states(idx, attention_mask, position_ids, kv_cache)[:, head_from:]  # (B, T', C)
         head = self.score_head if self.config.scalar_head else self.lm_head
         if fp32_head:

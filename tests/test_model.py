@@ -314,7 +314,6 @@ def test_head_runs_in_fp32_under_bf16_autocast():
     torch.testing.assert_close(logits, model(ids, mask), atol=0.1, rtol=0.05)  # bf16's rounding only
 
 
-
 def test_an_lm_loss_may_run_its_head_in_bf16_and_moves_little():
     """fp32_head=False leaves the head to the autocast: bf16 logits, and a mean loss over
     many tokens within bf16's rounding of the fp32 head's."""
@@ -344,6 +343,7 @@ def test_head_from_gives_the_full_forwards_logits_from_that_position():
     torch.testing.assert_close(value_model(ids, mask, head_from=5), value_model(ids, mask)[:, 5:])
     with pytest.raises(ValueError, match="head_from"):
         model(ids, mask, head_from=ids.size(1))
+
 
 def test_generate_rejects_overlong():
     model = tiny_model()
