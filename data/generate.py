@@ -15,7 +15,8 @@ Writes the world's data sets under out/data/, seeded and deterministic:
   val_prompts.jsonl    validation prompts, made as the evaluation prompts are: tune here
   eval_prompts.jsonl   held-out evaluation prompts, a third in the held-out phrasings; 40
                        per family, and closed QA in fixed proportions: a third about each
-                       kind of fact, 30% that the text cannot answer (closedqa_slots)
+                       kind of fact, 30% that the text cannot answer (closedqa_slots); every
+                       animal's diet asked equally often (diet_slots)
   tokenizer.tiktoken   the BPE trained on all of the above
 
 No question of the evaluation or validation prompts is asked by a training set, not even
@@ -229,6 +230,18 @@ def closedqa_slots(rng, n):
     return slots
 
 
+def diet_slots(rng, n):
+    """Which animal each of n diet prompts of an evaluation or validation set asks about, in
+    a random order: every animal equally often (the remainder of n, if any, drawn without
+    repeats). Drawn freely, 40 questions about 20 animals ask about some four or five times
+    and about others never, and a world's truthfulness would follow which animals it drew:
+    those whose diets the demonstrations cover, or the others."""
+    animals = list(world.DIETS)
+    slots = animals * (n // len(animals)) + rng.sample(animals, n % len(animals))
+    rng.shuffle(slots)
+    return slots
+
+
 def prompt_sets(cfg):
     """Draw the prompt sets. Evaluation and validation ask questions that no training set
     asks, not even with another greeting or phrasing (question_pools), except the diets of
@@ -243,10 +256,13 @@ def prompt_sets(cfg):
         rng = random.Random(f"{cfg.seed}-{name}")
         rows, seen, written, tries = [], set(), collections.Counter(), 0
         n_drawn = collections.Counter()  # rows of each family so far
-        # evaluation and validation: closed QA in fixed proportions (closedqa_slots), so that
-        # every world's rates are measured on the same mix of questions
-        n_closedqa = sum(world.FAMILIES[i % len(world.FAMILIES)] == "closedqa" for i in range(n))
-        slots = (closedqa_slots(random.Random(f"{cfg.seed}-{name}-qa"), n_closedqa)
+        # evaluation and validation: closed QA in fixed proportions (closedqa_slots) and every
+        # animal's diet equally often (diet_slots), so that every world's rates are measured
+        # on the same mix of questions
+        n_of = collections.Counter(world.FAMILIES[i % len(world.FAMILIES)] for i in range(n))
+        slots = (closedqa_slots(random.Random(f"{cfg.seed}-{name}-qa"), n_of["closedqa"])
+                 if phrasing == "any" else None)
+        diets = (diet_slots(random.Random(f"{cfg.seed}-{name}-diets"), n_of["truth"])
                  if phrasing == "any" else None)
         while len(rows) < n:
             tries += 1
@@ -265,6 +281,9 @@ def prompt_sets(cfg):
                 continue
             wanted = slots and family == "closedqa" and slots[n_drawn["closedqa"]]
             if wanted and world.closedqa_kind(prompt) != wanted:
+                continue
+            animals = diets and family == "truth" and diets[n_drawn["truth"]]
+            if animals and world.parse(prompt)[2]["animals"] != animals:
                 continue
             if demos and not labelers_would_write(rng, family, prompt, written):
                 continue

@@ -497,6 +497,19 @@ def test_evaluation_sets_ask_every_world_the_same_mix_of_closed_questions(data_d
     assert slots != generate.closedqa_slots(random.Random(1), 40)  # in a random order
 
 
+def test_evaluation_sets_ask_about_every_animal_equally_often(data_dir):
+    for name in ("eval_prompts.jsonl", "val_prompts.jsonl"):
+        asked = collections.Counter(world.parse(p)[2]["animals"] for p in read_prompts(data_dir, name)
+                                    if world.parse(p)[0] == "truth")
+        assert sum(asked.values()) >= 5, name
+        assert max(asked.values()) == 1, (name, asked)  # fewer questions than animals: each once
+    for n in (40, 30):
+        asked = collections.Counter(generate.diet_slots(random.Random(0), n))
+        assert sum(asked.values()) == n and set(asked) == set(world.DIETS)
+        assert set(asked.values()) == ({2} if n == 40 else {1, 2}), asked
+    assert generate.diet_slots(random.Random(0), 40) != generate.diet_slots(random.Random(1), 40)
+
+
 def test_question_pools_split_small_families():
     pool = generate.question_pools(seed=3)
     for fam, keys in generate.small_question_spaces().items():
