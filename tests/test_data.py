@@ -499,7 +499,8 @@ def test_evaluation_sets_ask_every_world_the_same_mix_of_closed_questions(data_d
 
 def test_evaluation_sets_ask_about_every_animal_equally_often(data_dir):
     for name in ("eval_prompts.jsonl", "val_prompts.jsonl"):
-        asked = collections.Counter(world.parse(p)[2]["animals"] for p in read_prompts(data_dir, name)
+        prompts = read_prompts(data_dir, name)
+        asked = collections.Counter(world.parse(p)[2]["animals"] for p in prompts
                                     if world.parse(p)[0] == "truth")
         assert sum(asked.values()) >= 5, name
         assert max(asked.values()) == 1, (name, asked)  # fewer questions than animals: each once
