@@ -260,8 +260,8 @@ def prompt_sets(cfg):
         # animal's diet equally often (diet_slots), so that every world's rates are measured
         # on the same mix of questions
         n_of = collections.Counter(world.FAMILIES[i % len(world.FAMILIES)] for i in range(n))
-        slots = (closedqa_slots(random.Random(f"{cfg.seed}-{name}-qa"), n_of["closedqa"])
-                 if phrasing == "any" else None)
+        qa_slots = (closedqa_slots(random.Random(f"{cfg.seed}-{name}-qa"), n_of["closedqa"])
+                    if phrasing == "any" else None)
         diets = (diet_slots(random.Random(f"{cfg.seed}-{name}-diets"), n_of["truth"])
                  if phrasing == "any" else None)
         while len(rows) < n:
@@ -279,7 +279,7 @@ def prompt_sets(cfg):
             prompt = world.make_prompt(rng, family, tid)
             if pool(question(prompt)) not in (split, None) or (split == "eval" and prompt in seen):
                 continue
-            wanted = slots and family == "closedqa" and slots[n_drawn["closedqa"]]
+            wanted = qa_slots and family == "closedqa" and qa_slots[n_drawn["closedqa"]]
             if wanted and world.closedqa_kind(prompt) != wanted:
                 continue
             animals = diets and family == "truth" and diets[n_drawn["truth"]]
