@@ -3,7 +3,8 @@ Writes the world's data sets under out/data/, seeded and deterministic:
 
   pretrain.txt         "the internet": encyclopedia-style facts (sums, half of them on a
                        worksheet that asks the question first; diets; kinds of things;
-                       what color things are), short biographies of two or three facts,
+                       what color things are), short biographies of two or three facts
+                       (with questions the text answers, and some it cannot),
                        and forum threads in the chat format whose
                        answers are of mixed quality (correct, wrong or hallucinated, rude,
                        rambling), documents separated by <|endoftext|>. A base model trained
@@ -107,16 +108,21 @@ def fact_doc(rng, cfg):
 
 def bio_doc(rng):
     """A short page about one person: two or three facts, as the passages of closed QA and
-    summaries give, a summary that holds them all and nothing more, and questions answered
-    from the text."""
+    summaries give, a summary that holds them all and nothing more, and a few questions
+    about the person. Those the text answers get its fact; on half the pages of two facts,
+    one question asks about the third, and its answer says that the text does not say."""
     p = world.make_person(rng)
     facts = world.person_facts(p)
     keys = rng.sample(list(facts), rng.choice([2, 3, 3]))
     text = " ".join(world.fact_sentence(k, facts[k]) for k in keys)
     text += " In short, " + world.summarize({k: facts[k] for k in keys})
-    for key in rng.sample(keys, rng.randint(0, 2)):  # questions answered from the text
-        p = world.make_person(rng) | {"name": facts[key][0], "object": facts[key][-1]}
-        text += " " + world.QUESTIONS[key].format(**p) + " " + world.fact_sentence(key, facts[key])
+    asked = rng.sample(keys, rng.randint(0, 2))   # questions answered from the text
+    if len(keys) == 2 and rng.random() < 0.5:     # and one about the fact it leaves out
+        asked.insert(rng.randint(0, len(asked)), next(k for k in facts if k not in keys))
+    for key in asked:
+        question = world.QUESTIONS[key].format(**p)
+        answer = world.fact_sentence(key, facts[key]) if key in keys else world.not_said(question)
+        text += f" {question} {answer}"
     return text
 
 

@@ -645,6 +645,29 @@ def test_bio_pages_summarise_two_or_three_facts_and_nothing_more():
     assert set(counts) == {2, 3} and counts[3] > counts[2] > 50
 
 
+def test_bio_pages_answer_their_questions_from_the_text_or_say_it_does_not():
+    # a question the page answers gets the page's own fact; on half the pages of two facts
+    # one question asks about the third, and its answer is "The text does not say ...",
+    # so the base model reads that answer outside the forum threads too
+    rng = random.Random(0)
+    asked = collections.Counter()
+    for _ in range(600):
+        text = generate.bio_doc(rng)
+        passage, rest = text.split(" In short, ")
+        facts = world.passage_facts(passage)
+        rest = rest[len(world.summarize(facts)):]
+        for question, answer in re.findall(r" ([^.?]+\?) ([^?]+?\.)(?= |$)", rest):
+            key = world.asked_fact(facts, question)
+            if key:
+                assert answer == world.fact_sentence(key, facts[key]), text
+            else:
+                assert len(facts) == 2 and answer == world.not_said(question), text
+                assert world.parse_question(question)[0] not in facts
+            asked[key is not None, len(facts)] += 1
+    assert asked[False, 2] > 50 and asked[True, 2] > asked[False, 2] and asked[True, 3] > 300
+    assert asked[False, 3] == 0
+
+
 def test_fact_pages_state_sums_right_half_of_them_on_worksheets():
     # the fact pages state every sum rightly, half of them on a worksheet that asks the
     # question first and answers it as the guideline does ("7 plus 5 is 12."): there the
