@@ -108,9 +108,9 @@ STAGES = [  # name, command, the file it makes
 # stage is done. The first round's two halves of prompts are ranked side by side. DPO needs
 # only the comparisons, so it trains beside the reward model; plain PPO needs the reward
 # model too, so it waits for it (WAITS_FOR) if DPO finishes first, and best-of-N, which
-# needs it as well, comes after plain PPO. On a 2-core machine (pretraining at 18,674
-# tokens/s) the halves of the comparisons took 52 s each; the reward model 190 s and PPO-ptx
-# 233 s, beside DPO 172 s, plain PPO 192 s and best-of-N 33 s.
+# needs it as well, comes after plain PPO. On a 2-core machine (pretraining at 18,891
+# tokens/s) the halves of the comparisons took 49 and 50 s; the reward model 144 s and
+# PPO-ptx 193 s, beside DPO 134 s, plain PPO 166 s and best-of-N 24 s.
 LANES = [  # groups of two lanes; a group's stages follow one another in STAGES
     [["compare"], ["compare_b"]],
     [["reward", "ppo_ptx"], ["dpo", "ppo", "bestofn"]],
