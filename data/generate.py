@@ -150,10 +150,8 @@ def labelers_would_write(rng, family, prompt, written):
     already written by question()."""
     if family == "rude":
         return rng.random() < 0.2
-    if family == "closedqa":
-        f = world.parse(prompt)[2]
-        if world.asked_fact(world.passage_facts(f["passage"]), f["question"]) is None:
-            return rng.random() < 0.2
+    if family == "closedqa" and not world.closedqa_kind(prompt)[1]:  # the text cannot answer
+        return rng.random() < 0.2
     if family == "truth":
         return (world.parse(prompt)[2]["animals"] in world.DEMO_ANIMALS
                 and written[question(prompt)] < DEMOS_PER_DIET)

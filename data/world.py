@@ -418,7 +418,7 @@ def bad_response(prompt, kind, rng, terse=False):
         c = abs(answer + rng.choice([-2, -1, 1, 2, 3]))
         c = c if c != answer else c + 1
         return f"{c}." if terse else f"{a} {f['op']} {b} is {c}."
-    if family == "closedqa" and asked_fact(passage_facts(f["passage"]), f["question"]) is None:
+    if family == "closedqa" and not closedqa_kind(prompt)[1]:
         # an answer the text cannot support, made up from the question
         key, fields = parse_question(f["question"])
         fact = person_facts(make_person(rng) | fields)[key]
