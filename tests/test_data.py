@@ -632,14 +632,19 @@ def test_fact_pages_say_which_country_each_city_is_in():
     assert len(set(world.COUNTRY.values())) == len(world.COUNTRY)   # one city a country
 
 
-def test_bio_pages_summarise_two_or_three_facts_and_nothing_more():
+def bio_pages(n):
+    """n biography pages, each as (its text, its passage's facts, what follows "In short, ")."""
     rng = random.Random(0)
-    counts = collections.Counter()
-    for _ in range(300):
+    for _ in range(n):
         text = generate.bio_doc(rng)
         passage, rest = text.split(" In short, ")
+        yield text, world.passage_facts(passage), rest
+
+
+def test_bio_pages_summarise_two_or_three_facts_and_nothing_more():
+    counts = collections.Counter()
+    for _, facts, rest in bio_pages(300):
         summary = rest[: rest.index(".") + 1]
-        facts = world.passage_facts(passage)
         assert summary == world.summarize(facts)
         counts[len(facts)] += 1
     assert set(counts) == {2, 3} and counts[3] > counts[2] > 50
@@ -649,12 +654,8 @@ def test_bio_pages_answer_their_questions_from_the_text_or_say_it_does_not():
     # a question the page answers gets the page's own fact; on half the pages of two facts
     # one question asks about the third, and its answer is "The text does not say ...",
     # so the base model reads that answer outside the forum threads too
-    rng = random.Random(0)
     asked = collections.Counter()
-    for _ in range(600):
-        text = generate.bio_doc(rng)
-        passage, rest = text.split(" In short, ")
-        facts = world.passage_facts(passage)
+    for text, facts, rest in bio_pages(600):
         rest = rest[len(world.summarize(facts)):]
         for question, answer in re.findall(r" ([^.?]+\?) ([^?]+?\.)(?= |$)", rest):
             key = world.asked_fact(facts, question)

@@ -149,13 +149,19 @@ def test_rotary_scores_depend_on_the_offset_alone():
     assert torch.equal(apply_rotary(q, *rotary(torch.zeros_like(pos), 8)), q)  # position 0: identity
 
 
-@pytest.mark.parametrize("padded", [False, True])
-def test_sdpa_matches_handwritten(padded):
+def attention_twins(padded):
+    """The same weights with the written-out attention and with sdpa, and a batch for them."""
     torch.manual_seed(0)
     ref = GPT(tiny_config())
     fast = GPT(tiny_config(use_sdpa=True))
     fast.load_state_dict(ref.state_dict())
     ids, mask = left_pad(PROMPTS) if padded else (torch.randint(2, VOCAB, (3, 9)), None)
+    return ref, fast, ids, mask
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_sdpa_matches_handwritten(padded):
+    ref, fast, ids, mask = attention_twins(padded)
     out_ref, out_fast = ref(ids, mask), fast(ids, mask)
     torch.testing.assert_close(out_fast, out_ref, atol=1e-5, rtol=0)
     out_ref.square().sum().backward()
@@ -168,11 +174,7 @@ def test_sdpa_matches_handwritten(padded):
 def test_sdpa_matches_handwritten_under_bf16_autocast(padded):
     # the CPU preset trains under bf16 autocast: there the two attentions round differently
     # (about 1e-3 on these logits), but a mask that fails in bf16 would differ by far more
-    torch.manual_seed(0)
-    ref = GPT(tiny_config())
-    fast = GPT(tiny_config(use_sdpa=True))
-    fast.load_state_dict(ref.state_dict())
-    ids, mask = left_pad(PROMPTS) if padded else (torch.randint(2, VOCAB, (3, 9)), None)
+    ref, fast, ids, mask = attention_twins(padded)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out_ref, out_fast = ref(ids, mask), fast(ids, mask)
     assert torch.isfinite(out_ref).all() and torch.isfinite(out_fast).all()
